@@ -1,0 +1,135 @@
+"""Fetching weight files: cache directory, checksums, local paths and an offline mode.
+
+* Files land in ``$FCNKIT_CACHE`` (default ``~/.cache/fcnkit``) under ``weights/``.
+* ``FCNKIT_OFFLINE=1`` never touches the network: a missing file fails at once, naming the URL and the
+  path where a copy fetched elsewhere should be put.
+* A download streams into a temporary file next to its destination and is renamed into place only after
+  its checksum matched, so a mismatch or an interrupted transfer never leaves a partial file behind.
+* Checksums are written ``"sha256:<hex>"`` or ``"md5:<hex>"``. A sha256 may be a prefix of at least 8 hex
+  digits: torchvision publishes only the prefix embedded in its file names.
+* Every ``torch.load`` uses ``weights_only=True``: a pickle that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_CHUNK = 1 << 20
+
+
+class ChecksumError(RuntimeError):
+    """A file's digest does not match the one declared for it."""
+
+
+class OfflineError(RuntimeError):
+    """A file is needed from the network while ``FCNKIT_OFFLINE`` is set."""
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("FCNKIT_CACHE") or os.path.join("~", ".cache", "fcnkit")
+    return Path(root).expanduser() / "weights"
+
+
+def is_offline() -> bool:
+    return os.environ.get("FCNKIT_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _parse_checksum(checksum: str) -> tuple[str, str]:
+    algo, sep, digest = checksum.partition(":")
+    algo, digest = algo.lower(), digest.lower()
+    if not sep or algo not in ("sha256", "md5") or not digest:
+        raise ValueError(f"checksum must look like 'sha256:<hex>' or 'md5:<hex>', got {checksum!r}")
+    if algo == "sha256" and len(digest) < 8:
+        raise ValueError(f"a sha256 checksum needs at least 8 hex digits, got {checksum!r}")
+    if algo == "md5" and len(digest) != 32:
+        raise ValueError(f"an md5 checksum has 32 hex digits, got {checksum!r}")
+    return algo, digest
+
+
+def file_digest(path: str | os.PathLike[str], algo: str = "sha256") -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _matches(digest: str, expected: str) -> bool:
+    return digest.startswith(expected)
+
+
+def verify_file(path: str | os.PathLike[str], checksum: str) -> None:
+    """Raise ``ChecksumError`` unless ``path`` has the declared digest."""
+    algo, expected = _parse_checksum(checksum)
+    digest = file_digest(path, algo)
+    if not _matches(digest, expected):
+        raise ChecksumError(f"{path}: {algo} is {digest}, expected {expected}. The file is corrupt or not the "
+                            "one declared; delete it and fetch it again.")
+
+
+def download(
+    url: str,
+    checksum: str,
+    file_name: str | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> Path:
+    """Return the path of the verified local copy of ``url``, downloading it into the cache if needed.
+
+    ``file://`` URLs are accepted (mirrors on a shared drive, and the tests).
+    """
+    algo, expected = _parse_checksum(checksum)
+    name = file_name or os.path.basename(url.split("?")[0])
+    dest = cache_dir() / name
+    if dest.exists():
+        verify_file(dest, checksum)
+        return dest
+    if is_offline():
+        raise OfflineError(
+            f"FCNKIT_OFFLINE is set and {name} is not in the cache. Download {url} elsewhere and put it at "
+            f"{dest} (or pass the file's path instead of the weights name)."
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest.parent)
+    try:
+        h = hashlib.new(algo)
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            total = response.headers.get("Content-Length")
+            total = int(total) if total else None
+            done = 0
+            for chunk in iter(lambda: response.read(_CHUNK), b""):
+                out.write(chunk)
+                h.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = h.hexdigest()
+        if not _matches(digest, expected):
+            raise ChecksumError(f"download of {url} has {algo} {digest}, expected {expected}; nothing was kept")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def load_file(path: str | os.PathLike[str]) -> Any:
+    """``torch.load`` on CPU with ``weights_only=True``; explains a refused pickle instead of a traceback."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise RuntimeError(
+            f"{path} could not be loaded with weights_only=True ({type(e).__name__}: {e}). fcnkit only reads "
+            "tensors and plain containers, never pickled code; re-save the weights as a plain state dict."
+        ) from e

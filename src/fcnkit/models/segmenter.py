@@ -1,0 +1,86 @@
+"""The one forward contract shared by every fcnkit model.
+
+backbone -> head(s) -> a single resize to the input size.
+
+* A backbone maps ``(B, 3, H, W)`` to ``dict[str, Tensor]`` and declares ``feature_info``: one
+  ``FeatureInfo(name, channels, stride)`` per tap, so heads size themselves without probing.
+* A head maps ``(features, (H, W))`` to logits ``(B, C, h, w)``. Heads that restore the input geometry
+  themselves (the Caffe FCNs crop to exactly ``H x W``) make the final resize a no-op.
+* ``Segmenter.forward`` returns ``{"out": (B, C, H, W)}``, plus ``"aux"`` when built with an aux head:
+  the same dict torchvision's segmentation models return, so code written for them keeps working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..preprocessing import IMAGENET, Preprocessing
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One backbone tap: its key in the feature dict, channel count and stride w.r.t. the input."""
+
+    name: str
+    channels: int
+    stride: int
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses set ``feature_info`` and return ``{info.name: tensor}`` from ``forward``."""
+
+    feature_info: list[FeatureInfo]
+
+    def channels(self, name: str) -> int:
+        return self.info(name).channels
+
+    def info(self, name: str) -> FeatureInfo:
+        for info in self.feature_info:
+            if info.name == name:
+                return info
+        raise KeyError(f"backbone has no tap {name!r}; taps: {[i.name for i in self.feature_info]}")
+
+
+class Segmenter(nn.Module):
+    """Backbone + main head (``classifier``) + optional ``aux_classifier``, resized to the input.
+
+    Attribute names follow torchvision (``backbone``, ``classifier``, ``aux_classifier``) so that its
+    segmentation state dicts load without renaming.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        classifier: nn.Module,
+        aux_classifier: nn.Module | None = None,
+        num_classes: int | None = None,
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
+        self.aux_classifier = aux_classifier
+        self.num_classes = num_classes
+        self.align_corners = align_corners
+        # Filled by create_model(); travel with checkpoints (see fcnkit.checkpoint).
+        self.preprocessing: Preprocessing = IMAGENET
+        self.classes: list[str] | None = None
+        self.arch: dict[str, Any] = {}
+
+    def _resize(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        if tuple(logits.shape[-2:]) == tuple(size):
+            return logits
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``x``: preprocessed images ``(B, 3, H, W)`` -> ``{"out": (B, C, H, W)[, "aux": ...]}``."""
+        size = (x.shape[-2], x.shape[-1])
+        features = self.backbone(x)
+        result = {"out": self._resize(self.classifier(features, size), size)}
+        if self.aux_classifier is not None:
+            result["aux"] = self._resize(self.aux_classifier(features, size), size)
+        return result

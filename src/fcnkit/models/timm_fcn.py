@@ -1,0 +1,70 @@
+"""FCNs on any timm backbone that supports ``features_only``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .backbones.timm import TimmBackbone
+from .heads.fcn import FCNHead, SkipFCNHead
+from .segmenter import Segmenter
+from .weights import resolve
+from .zoo import register_variant, set_metadata
+
+TIMM_HEADS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2, "fcn": None}
+
+
+def timm_fcn(
+    head: str,
+    backbone: str = "resnet18",
+    num_classes: int = 21,
+    output_stride: int | None = None,
+    aux: bool = False,
+    upsample: str = "deconv",
+    learn_upsample: bool = False,
+    backbone_weights: str | os.PathLike[str] | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+) -> Segmenter:
+    """A timm backbone with an FCN-32s/16s/8s skip head (``head="fcn8s"`` ...) or an FCNHead (``"fcn"``).
+
+    The skip head scores the last one, two or three taps (coarse to fine) and fuses them as FCN-8s does,
+    with crops derived from the strides timm reports. ``output_stride`` (8 or 16) dilates the backbone
+    where timm supports it. ``aux`` (FCNHead only) adds an FCNHead on the second-to-last tap.
+    ``backbone_weights``: a file with the timm model's state dict (its classifier keys are ignored);
+    timm's hub weights are never downloaded at build time.
+    """
+    if head not in TIMM_HEADS:
+        raise ValueError(f"head must be one of {sorted(TIMM_HEADS)}, got {head!r}")
+    body = TimmBackbone(backbone, output_stride=output_stride, **(backbone_kwargs or {}))
+    infos = body.feature_info[::-1]  # coarse to fine
+    skips = TIMM_HEADS[head]
+    if skips is None:
+        classifier = FCNHead(infos[0].channels, num_classes, infos[0].name)
+        aux_classifier = FCNHead(infos[1].channels, num_classes, infos[1].name) if aux else None
+    else:
+        if aux:
+            raise ValueError("aux=True is available with head='fcn' only")
+        if len(infos) < skips + 1:
+            raise ValueError(f"{backbone} has {len(infos)} feature taps; {head} needs {skips + 1}")
+        classifier = SkipFCNHead(
+            in_keys=[i.name for i in infos],
+            in_channels=[i.channels for i in infos],
+            strides=[i.stride for i in infos],
+            num_classes=num_classes,
+            skips=skips,
+            upsample=upsample,
+            learn_upsample=learn_upsample,
+        )
+        aux_classifier = None
+    model = Segmenter(body, classifier, aux_classifier, num_classes=num_classes)
+    if backbone_weights is not None:
+        resolved = resolve(backbone_weights, owner=body.timm_name, backbone=True)
+        result = body.body.load_state_dict(resolved.state_dict, strict=False)
+        if result.missing_keys:
+            raise ValueError(f"{backbone_weights} lacks backbone keys: {result.missing_keys[:8]}")
+        set_metadata(model, resolved.preprocessing)
+    return model
+
+
+for _head in TIMM_HEADS:
+    register_variant(f"{_head}_timm", timm_fcn, head=_head)
