@@ -47,8 +47,10 @@ def _parse_checksum(checksum: str) -> tuple[str, str]:
     algo, digest = algo.lower(), digest.lower()
     if not sep or algo not in ("sha256", "md5") or not digest:
         raise ValueError(f"checksum must look like 'sha256:<hex>' or 'md5:<hex>', got {checksum!r}")
-    if algo == "sha256" and len(digest) < 8:
-        raise ValueError(f"a sha256 checksum needs at least 8 hex digits, got {checksum!r}")
+    if any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"checksum digits must be hexadecimal, got {checksum!r}")
+    if algo == "sha256" and not 8 <= len(digest) <= 64:
+        raise ValueError(f"a sha256 checksum has 8 to 64 hex digits, got {checksum!r}")
     if algo == "md5" and len(digest) != 32:
         raise ValueError(f"an md5 checksum has 32 hex digits, got {checksum!r}")
     return algo, digest
@@ -71,8 +73,10 @@ def verify_file(path: str | os.PathLike[str], checksum: str) -> None:
     algo, expected = _parse_checksum(checksum)
     digest = file_digest(path, algo)
     if not _matches(digest, expected):
-        raise ChecksumError(f"{path}: {algo} is {digest}, expected {expected}. The file is corrupt or not the "
-                            "one declared; delete it and fetch it again.")
+        raise ChecksumError(
+            f"{path}: {algo} is {digest}, expected {expected}. The file is corrupt or not the "
+            "one declared; delete it and fetch it again."
+        )
 
 
 def download(

@@ -88,6 +88,4 @@ def check_options(fn: Callable[..., Any], options: dict[str, Any], where: str) -
         if key not in accepted:
             matches = close_matches(key, accepted)
             hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
-            raise TypeError(
-                f"{where} got an unknown option {key!r}.{hint} Accepted options: {', '.join(accepted)}."
-            )
+            raise TypeError(f"{where} got an unknown option {key!r}.{hint} Accepted options: {', '.join(accepted)}.")

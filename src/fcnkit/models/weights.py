@@ -59,33 +59,69 @@ def _tv(file: str, layout: str, metrics: dict[str, float], classes: tuple[str, .
 
 
 def _torchfcn(drive_id: str, md5: str, file: str, metrics: dict[str, float]) -> WeightsEntry:
-    return WeightsEntry(_GDRIVE + drive_id, f"md5:{md5}", "torchfcn", CAFFE_BGR, VOC_CLASSES, metrics, _TORCHFCN,
-                        file)
+    return WeightsEntry(_GDRIVE + drive_id, f"md5:{md5}", "torchfcn", CAFFE_BGR, VOC_CLASSES, metrics, _TORCHFCN, file)
 
 
 def _seg11(acc: float, acc_cls: float, miou: float, fwiou: float) -> dict[str, float]:
-    return {"seg11valid_pixel_acc": acc, "seg11valid_mean_acc": acc_cls, "seg11valid_miou": miou,
-            "seg11valid_fwiou": fwiou}
+    return {
+        "seg11valid_pixel_acc": acc,
+        "seg11valid_mean_acc": acc_cls,
+        "seg11valid_miou": miou,
+        "seg11valid_fwiou": fwiou,
+    }
 
 
 #: Whole-model weights per registered model name. Metrics: the original Caffe models' numbers as reported
 #: by shelhamer/fcn.berkeleyvision.org and torchvision's model card.
 MODEL_WEIGHTS: dict[str, dict[str, WeightsEntry]] = {
-    "fcn32s_vgg16": {"voc_caffe": _torchfcn("0B9P1L--7Wd2vM2oya3k0Zlgtekk", "8acf386d722dc3484625964cbe2aba49",
-                                            "fcn32s_from_caffe.pth", _seg11(90.49, 76.48, 63.63, 83.47))},
-    "fcn16s_vgg16": {"voc_caffe": _torchfcn("0B9P1L--7Wd2vVGE3TkRMbWlNRms", "991ea45d30d632a01e5ec48002cac617",
-                                            "fcn16s_from_caffe.pth", _seg11(91.00, 78.07, 65.01, 84.27))},
-    "fcn8s_vgg16": {"voc_caffe": _torchfcn("0B9P1L--7Wd2vT0FtdThWREhjNkU", "dbd9bbb3829a3184913bccc74373afbb",
-                                           "fcn8s_from_caffe.pth", _seg11(91.23, 77.61, 65.51, 84.55))},
-    "fcn8s_atonce_vgg16": {"voc_caffe": _torchfcn("0B9P1L--7Wd2vblE1VUIxV1o2d2M",
-                                                  "bfed4437e941fef58932891217fe6464",
-                                                  "fcn8s-atonce_from_caffe.pth", _seg11(91.13, 78.50, 65.40, 84.44))},
-    "fcn_resnet50_d8": {"coco_voc": _tv("fcn_resnet50_coco-1167a1af.pth", "torchvision_segmentation",
-                                        {"coco_val2017_voc_miou": 60.5, "coco_val2017_voc_pixel_acc": 91.4},
-                                        VOC_CLASSES)},
-    "fcn_resnet101_d8": {"coco_voc": _tv("fcn_resnet101_coco-7ecb50ca.pth", "torchvision_segmentation",
-                                         {"coco_val2017_voc_miou": 63.7, "coco_val2017_voc_pixel_acc": 91.9},
-                                         VOC_CLASSES)},
+    "fcn32s_vgg16": {
+        "voc_caffe": _torchfcn(
+            "0B9P1L--7Wd2vM2oya3k0Zlgtekk",
+            "8acf386d722dc3484625964cbe2aba49",
+            "fcn32s_from_caffe.pth",
+            _seg11(90.49, 76.48, 63.63, 83.47),
+        )
+    },
+    "fcn16s_vgg16": {
+        "voc_caffe": _torchfcn(
+            "0B9P1L--7Wd2vVGE3TkRMbWlNRms",
+            "991ea45d30d632a01e5ec48002cac617",
+            "fcn16s_from_caffe.pth",
+            _seg11(91.00, 78.07, 65.01, 84.27),
+        )
+    },
+    "fcn8s_vgg16": {
+        "voc_caffe": _torchfcn(
+            "0B9P1L--7Wd2vT0FtdThWREhjNkU",
+            "dbd9bbb3829a3184913bccc74373afbb",
+            "fcn8s_from_caffe.pth",
+            _seg11(91.23, 77.61, 65.51, 84.55),
+        )
+    },
+    "fcn8s_atonce_vgg16": {
+        "voc_caffe": _torchfcn(
+            "0B9P1L--7Wd2vblE1VUIxV1o2d2M",
+            "bfed4437e941fef58932891217fe6464",
+            "fcn8s-atonce_from_caffe.pth",
+            _seg11(91.13, 78.50, 65.40, 84.44),
+        )
+    },
+    "fcn_resnet50_d8": {
+        "coco_voc": _tv(
+            "fcn_resnet50_coco-1167a1af.pth",
+            "torchvision_segmentation",
+            {"coco_val2017_voc_miou": 60.5, "coco_val2017_voc_pixel_acc": 91.4},
+            VOC_CLASSES,
+        )
+    },
+    "fcn_resnet101_d8": {
+        "coco_voc": _tv(
+            "fcn_resnet101_coco-7ecb50ca.pth",
+            "torchvision_segmentation",
+            {"coco_val2017_voc_miou": 63.7, "coco_val2017_voc_pixel_acc": 91.9},
+            VOC_CLASSES,
+        )
+    },
 }
 
 #: ImageNet backbone weights per backbone name (top-1 from torchvision's model cards).
@@ -93,17 +129,27 @@ BACKBONE_WEIGHTS: dict[str, dict[str, WeightsEntry]] = {
     "vgg16": {
         "imagenet": _tv("vgg16-397923af.pth", "torchvision_vgg16", {"imagenet_top1": 71.592}),
         "imagenet_caffe": WeightsEntry(
-            _GDRIVE + "0B9P1L--7Wd2vLTJZMXpIRkVVRFk", "md5:aa75b158f4181e7f6230029eb96c1b13", "torchvision_vgg16",
-            CAFFE_BGR, None, {}, "wkentaro/pytorch-fcn (VGG16 converted from the Caffe model zoo)",
-            "vgg16_from_caffe.pth"),
+            _GDRIVE + "0B9P1L--7Wd2vLTJZMXpIRkVVRFk",
+            "md5:aa75b158f4181e7f6230029eb96c1b13",
+            "torchvision_vgg16",
+            CAFFE_BGR,
+            None,
+            {},
+            "wkentaro/pytorch-fcn (VGG16 converted from the Caffe model zoo)",
+            "vgg16_from_caffe.pth",
+        ),
     },
     "vgg16_bn": {"imagenet": _tv("vgg16_bn-6c64b313.pth", "torchvision_vgg16", {"imagenet_top1": 73.360})},
     "resnet18": {"imagenet": _tv("resnet18-f37072fd.pth", "torchvision_resnet", {"imagenet_top1": 69.758})},
     "resnet34": {"imagenet": _tv("resnet34-b627a593.pth", "torchvision_resnet", {"imagenet_top1": 73.314})},
-    "resnet50": {"imagenet": _tv("resnet50-0676ba61.pth", "torchvision_resnet", {"imagenet_top1": 76.130}),
-                 "imagenet_v2": _tv("resnet50-11ad3fa6.pth", "torchvision_resnet", {"imagenet_top1": 80.858})},
-    "resnet101": {"imagenet": _tv("resnet101-63fe2227.pth", "torchvision_resnet", {"imagenet_top1": 77.374}),
-                  "imagenet_v2": _tv("resnet101-cd907fc2.pth", "torchvision_resnet", {"imagenet_top1": 81.886})},
+    "resnet50": {
+        "imagenet": _tv("resnet50-0676ba61.pth", "torchvision_resnet", {"imagenet_top1": 76.130}),
+        "imagenet_v2": _tv("resnet50-11ad3fa6.pth", "torchvision_resnet", {"imagenet_top1": 80.858}),
+    },
+    "resnet101": {
+        "imagenet": _tv("resnet101-63fe2227.pth", "torchvision_resnet", {"imagenet_top1": 77.374}),
+        "imagenet_v2": _tv("resnet101-cd907fc2.pth", "torchvision_resnet", {"imagenet_top1": 81.886}),
+    },
 }
 
 
@@ -116,8 +162,11 @@ def list_weights(model: str | None = None) -> dict[str, list[str]]:
 def _lookup(table: dict[str, dict[str, WeightsEntry]], owner: str, tag: str, kind: str) -> WeightsEntry:
     tags = table.get(owner, {})
     if tag not in tags:
-        raise KeyError(unknown_name_message(f"{kind} for {owner}", tag, tags) if tags
-                       else f"no published {kind} are declared for {owner!r}; pass a file path instead")
+        raise KeyError(
+            unknown_name_message(f"{kind} for {owner}", tag, tags)
+            if tags
+            else f"no published {kind} are declared for {owner!r}; pass a file path instead"
+        )
     return tags[tag]
 
 

@@ -116,7 +116,11 @@ class ResNetBackbone(Backbone):
         del self.in_ch, self.dilation
 
     def _make_layer(
-        self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int = 1,
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        planes: int,
+        blocks: int,
+        stride: int = 1,
         dilate: bool = False,
     ) -> nn.Sequential:
         previous_dilation = self.dilation

@@ -52,8 +52,8 @@ class TimmBackbone(Backbone):
         info = self.body.feature_info
         indices = info.out_indices if hasattr(info, "out_indices") else range(len(info.channels()))
         self.feature_info = [
-            FeatureInfo(f"stage{i}", c, s) for i, c, s in zip(indices, info.channels(), info.reduction())
+            FeatureInfo(f"stage{i}", c, s) for i, c, s in zip(indices, info.channels(), info.reduction(), strict=True)
         ]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        return {info.name: f for info, f in zip(self.feature_info, self.body(x))}
+        return {info.name: f for info, f in zip(self.feature_info, self.body(x), strict=True)}
