@@ -178,3 +178,44 @@ def test_staged_init_copies_same_named_layers(tmp_path):
     # bilinear upsampling: compare away from the border.
     fcn8 = fcnkit.create_model("fcn8s_vgg16", num_classes=21, init_from=fcn16)
     assert torch.equal(fcn8.classifier.score_pool4.weight, fcn16.classifier.score_pool4.weight)
+
+
+def _meta_vgg_fcns():
+    with torch.device("meta"):  # shapes only: thousands of forward passes in seconds
+        return {
+            n: fcnkit.create_model(n, num_classes=21).eval() for n in ("fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16")
+        }
+
+
+def _misaligned_sizes(models, sizes):
+    bad = []
+    with torch.no_grad():
+        for name, model in models.items():
+            for h, w in sizes:
+                try:
+                    out = model(torch.empty(1, 3, h, w, device="meta"))["out"]
+                    ok = out.shape[-2:] == (h, w)
+                except RuntimeError:
+                    ok = False
+                if not ok:
+                    bad.append((name, h, w))
+    return bad
+
+
+def test_fixed_crops_fit_every_size_up_to_768():
+    sizes = [(s, s) for s in range(1, 769)] + [(s, 2 * s + 1) for s in range(1, 200)]
+    assert _misaligned_sizes(_meta_vgg_fcns(), sizes) == []
+
+
+def test_floor_pooling_would_break_the_fixed_crops(monkeypatch):
+    """The geometry test above can fail: with floor-mode pools the same crops miss for many sizes."""
+    import fcnkit.models.backbones.vgg as vgg
+
+    original = torch.nn.functional.max_pool2d
+
+    def floor_pool(x, *args, ceil_mode=False, **kwargs):
+        return original(x, *args, ceil_mode=False, **kwargs)
+
+    monkeypatch.setattr(vgg.F, "max_pool2d", floor_pool)
+    bad = _misaligned_sizes(_meta_vgg_fcns(), [(s, s) for s in range(1, 257)])
+    assert 50 < len(bad) < 3 * 256  # many sizes break, but not all: the forward itself still runs
