@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 
 from . import __version__
+from .engine.errors import TrainingDiverged
+from .hub import ChecksumError, OfflineError
 from .models import create_model, list_models
 from .models.weights import MODEL_WEIGHTS
 
@@ -79,6 +81,57 @@ def cmd_forward(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg)
+    best = f"{result.best_miou * 100:.2f}" if result.best_miou is not None else "n/a"
+    print(f"run directory: {result.run_dir}  steps: {result.steps}  best val mIoU: {best}  "
+          f"throughput: {result.images_per_second:.2f} images/s")  # fmt: skip
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, read_checkpoint
+    from .data import build_dataset
+    from .engine.evaluate import evaluate
+
+    ckpt = read_checkpoint(args.checkpoint)
+    data_cfg = (ckpt.get("config") or {}).get("data", {})
+    run_name = data_cfg.get("val_name") or data_cfg.get("name")
+    name = args.data or run_name
+    root = args.root or data_cfg.get("val_root") or data_cfg.get("root")
+    if not name or not root:
+        raise ValueError("this checkpoint does not say which dataset it was trained on: pass --data and --root")
+    split = args.split or data_cfg.get("val_split", "val")
+    run_options = data_cfg.get("val_options") if data_cfg.get("val_options") is not None else data_cfg.get("options")
+    options = (run_options or {}) if name == run_name else {}
+    dataset = build_dataset(name, root, split, **options)
+    model = load_checkpoint(args.checkpoint)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    metrics = evaluate(model, dataset, device, batch_size=args.batch_size, workers=args.workers, show_progress=True)
+    print(f"{args.checkpoint} on {name}/{split} ({len(dataset)} images)")
+    print(metrics.table(list(dataset.classes)))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(metrics.as_dict(), f, indent=2)
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data import build_dataset, check_dataset
+
+    dataset = build_dataset(args.name, args.root, args.split)
+    report = check_dataset(dataset, max_samples=args.max_samples)
+    print(report.format(list(dataset.classes)))
+    return 1 if report.errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fcnkit", description="Fully Convolutional Networks for segmentation.")
     parser.add_argument("--version", action="version", version=f"fcnkit {__version__}")
@@ -96,6 +149,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--num-classes", type=int, default=21)
     p.set_defaults(func=cmd_forward)
+
+    p = sub.add_parser("train", help="train from a YAML recipe, with key.sub=value overrides")
+    p.add_argument("config", help="a YAML recipe, e.g. configs/camvid/fcn8s_resnet18_camvid_360x480.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/camvid optim.lr=0.01")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: pixel acc, mean acc, mIoU, fwIoU, per-class IoU")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="dataset name (default: the one the checkpoint was trained on)")
+    p.add_argument("--root", help="dataset root (default: the training run's)")
+    p.add_argument("--split", help="split (default: the run's validation split)")
+    p.add_argument("--batch-size", type=int, default=1, help="1 is exact; larger batches pad images")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("check", help="validate a dataset: pairs, sizes, label values, class frequencies")
+    p.add_argument("name", help="dataset name, e.g. camvid, voc2012, folder")
+    p.add_argument("--root", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument("--max-samples", type=int)
+    p.set_defaults(func=cmd_data_check)
     return parser
 
 
@@ -103,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyError, ValueError, TypeError, FileNotFoundError) as e:
+    except (KeyError, ValueError, TypeError, FileNotFoundError, ChecksumError, OfflineError, TrainingDiverged) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"fcnkit: error: {message}", file=sys.stderr)
         return 2

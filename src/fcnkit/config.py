@@ -1,0 +1,281 @@
+"""Typed training configs: dataclasses loaded from YAML, with dotted command-line overrides.
+
+* A recipe is a YAML file whose keys mirror ``TrainConfig``; it may name one ``base:`` file (relative to
+  itself) whose values it overrides. No deeper inheritance.
+* ``key.sub=value`` overrides are parsed with YAML and checked against the field's type.
+* Unknown keys are errors that name the key and suggest the closest valid one.
+* Every run directory holds the fully resolved config (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .registry import close_matches
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "fcn8s_timm"
+    #: taken from the dataset when left empty
+    num_classes: int | None = None
+    #: whole-model weights: a declared tag or a file (see fcnkit.list_weights())
+    weights: str | None = None
+    #: the factory's options, e.g. {backbone: resnet18, aux: true, backbone_weights: imagenet}
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    name: str = "camvid"
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    #: extra dataset options (e.g. voc_root / sbd_root for voc_trainaug)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: validation on another dataset (e.g. train on sbd, validate on seg11valid); defaults to name/root/options
+    val_name: str | None = None
+    val_root: str | None = None
+    val_options: dict[str, Any] | None = None
+    #: training crop [h, w]; null trains on whole images (batch 1 or padded batches)
+    crop_size: list[int] | None = None
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    #: rescale so the long side is base_size before the random scale (FastFCN / torchvision style)
+    base_size: int | None = None
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    batch_size: int = 8
+    val_batch_size: int = 1
+    workers: int = 2
+
+
+@dataclass
+class LossConfig:
+    #: "mean" over valid pixels, or "sum" over pixels as in the original FCN recipes. The two differ by a
+    #: factor of about H*W*batch in gradient size: the summed recipes use lr around 1e-10. Change both together.
+    reduction: str = "mean"
+    #: a list of per-class weights, "median_frequency" (computed from the training labels), or null
+    class_weights: list[float] | str | None = None
+    aux_weight: float = 0.0
+    label_smoothing: float = 0.0
+    ohem_thresh: float | None = None
+    ohem_min_kept: int = 0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    nesterov: bool = False
+    #: Caffe style: biases at 2x lr and without weight decay (bias_lr_mult: 2, bias_decay: false)
+    bias_lr_mult: float = 1.0
+    bias_decay: bool = True
+    norm_decay: bool = True
+    #: lr multiplier of the heads (classifier, aux_classifier); FastFCN / torchvision recipes use 10
+    head_lr_mult: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    #: constant | poly | cosine | step
+    name: str = "poly"
+    #: length of training: epochs, or iterations (optimizer steps) when set
+    epochs: int = 30
+    iterations: int | None = None
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.001
+    power: float = 0.9
+    min_lr_factor: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    #: run directory; holds config.yaml, metrics.jsonl, last.pth, best.pth
+    output_dir: str = "runs/default"
+    seed: int = 0
+    #: bitwise-reproducible CPU runs (torch.use_deterministic_algorithms)
+    deterministic: bool = False
+    device: str = "auto"
+    #: none | bf16 | fp16 (fp16 only on CUDA, with a gradient scaler)
+    amp: str = "none"
+    accumulate: int = 1
+    clip_grad_norm: float | None = None
+    ema_decay: float | None = None
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    #: evaluate every N epochs (0: only at the end)
+    eval_every: int = 1
+    #: also write last.pth every N optimizer steps (0: at the end of each epoch only)
+    checkpoint_every: int = 0
+    log_every: int = 10
+    tensorboard: bool = False
+    #: resume from output_dir/last.pth when it exists
+    resume: bool = True
+    #: stop after this many optimizer steps in this invocation (tests, smoke runs); null = no limit
+    max_steps: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
+    if tp is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp in (float, str) and not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected a {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in hints:
+            matches = close_matches(str(key), names)
+            hint = f" Did you mean: {', '.join((f'{prefix}.' if prefix else '') + m for m in matches)}?" if matches else ""
+            raise ConfigError(f"unknown config key {dotted!r}.{hint}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "options":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values")
+    base = data.pop("base", None)
+    if base is not None:
+        base_data = read_yaml(path.parent / base)
+        if "base" in base_data:
+            raise ConfigError(f"{path}: its base {base} has a base of its own; one level only")
+        data = _merge(base_data, data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = _merge({}, data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe (or the defaults), apply ``key=value`` overrides and validate every key."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    cfg = _build(TrainConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    choices = {
+        "loss.reduction": (cfg.loss.reduction, ("mean", "sum")),
+        "optim.name": (cfg.optim.name, ("sgd", "adamw")),
+        "schedule.name": (cfg.schedule.name, ("constant", "poly", "cosine", "step")),
+        "amp": (cfg.amp, ("none", "bf16", "fp16")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    if cfg.accumulate < 1 or cfg.data.batch_size < 1:
+        raise ConfigError("accumulate and data.batch_size must be at least 1")
+    if cfg.data.crop_size is not None and len(cfg.data.crop_size) not in (1, 2):
+        raise ConfigError(f"data.crop_size must be [h, w] or [size], got {cfg.data.crop_size}")
+    if isinstance(cfg.loss.class_weights, str) and cfg.loss.class_weights != "median_frequency":
+        raise ConfigError(f"loss.class_weights: a list, 'median_frequency' or null; got {cfg.loss.class_weights!r}")
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
