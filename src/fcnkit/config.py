@@ -100,6 +100,9 @@ class ScheduleConfig:
     warmup_start_factor: float = 0.001
     power: float = 0.9
     min_lr_factor: float = 0.0
+    #: "step" schedule: multiply by gamma every step_size optimizer steps
+    step_size: int | None = None
+    gamma: float = 0.1
 
 
 @dataclass

@@ -196,6 +196,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     scheduler = build_scheduler(
         optimizer, s.name, total_steps=total_steps, warmup_steps=s.warmup_steps,
         warmup_start_factor=s.warmup_start_factor, power=s.power, min_lr_factor=s.min_lr_factor,
+        step_size=s.step_size, gamma=s.gamma,
     )  # fmt: skip
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

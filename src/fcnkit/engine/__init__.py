@@ -1,0 +1,1 @@
+"""The training engine: the loop, evaluation, optimisers and schedules, weight EMA, distributed helpers."""

@@ -1,0 +1,218 @@
+"""Per-pixel cross-entropy for segmentation, with the auxiliary head, class weights and OHEM.
+
+The learning-rate / reduction trap
+----------------------------------
+The original FCN recipe (Caffe, torchfcn) **sums** the loss over pixels and trains with lr 1e-10 (FCN-32s),
+1e-12 (16s), 1e-14 (8s), momentum 0.99, batch 1. A summed loss on a 500x375 image is ~1e5 times larger than
+the mean, so those rates are only sensible with ``reduction="sum"``. Using them with ``"mean"`` makes nothing
+learn; using a modern rate (1e-3 .. 1e-2) with ``"sum"`` diverges to NaN within a few steps. Always state the
+reduction and the lr together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SegmentationLoss", "median_frequency_weights"]
+
+
+class SegmentationLoss(nn.Module):
+    """Cross-entropy on the ``"out"`` logits, plus ``aux_weight`` times the same loss on ``"aux"``.
+
+    Args:
+        ignore_index: target value that contributes nothing (void, label padding).
+        reduction: ``"mean"`` averages over the non-ignored pixels of the batch (a weighted mean with class
+            weights, exactly like ``F.cross_entropy``); ``"sum"`` sums over them, as the original FCN recipe
+            does (see the module docstring for the lr that goes with each).
+        class_weights: ``(C,)`` per-class weights, e.g. from :func:`median_frequency_weights`.
+        aux_weight: weight of the auxiliary head's loss (torchvision 0.5, mmseg 0.4, FastFCN 0.2); 0 disables it.
+        label_smoothing: as in ``F.cross_entropy``.
+        ohem_thresh: enables online hard example mining (PSPNet / mmseg ``OHEMPixelSampler``): only pixels
+            whose softmax probability of the true class is below this threshold are trained on.
+        ohem_min_kept: with OHEM, at least this many of the hardest valid pixels **per image** are kept
+            (``ohem_min_kept * B`` over the batch, as mmseg counts), so easy batches still give a gradient.
+
+    Keys of the model output other than ``"out"`` and ``"aux"`` (e.g. an SE-loss ``"se"``) are ignored.
+    OHEM selects pixels separately for each head, from that head's own probabilities.
+    """
+
+    class_weights: Tensor | None
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        reduction: Literal["mean", "sum"] = "mean",
+        class_weights: Sequence[float] | Tensor | None = None,
+        aux_weight: float = 0.0,
+        label_smoothing: float = 0.0,
+        ohem_thresh: float | None = None,
+        ohem_min_kept: int = 0,
+    ) -> None:
+        super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if ohem_thresh is not None and not 0.0 < ohem_thresh <= 1.0:
+            raise ValueError(f"ohem_thresh must be in (0, 1], got {ohem_thresh}")
+        if ohem_min_kept < 0:
+            raise ValueError(f"ohem_min_kept must be >= 0, got {ohem_min_kept}")
+        if ohem_min_kept and ohem_thresh is None:
+            raise ValueError("ohem_min_kept only has an effect together with ohem_thresh")
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.aux_weight = float(aux_weight)
+        self.label_smoothing = float(label_smoothing)
+        self.ohem_thresh = ohem_thresh
+        self.ohem_min_kept = ohem_min_kept
+        weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).flatten()
+        # A buffer so that .to(device) moves it; not persistent, because a loss is configuration, not state.
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, aux_weight={self.aux_weight}, "
+            f"label_smoothing={self.label_smoothing}, ohem_thresh={self.ohem_thresh}, "
+            f"ohem_min_kept={self.ohem_min_kept}, class_weights={self.class_weights is not None}"
+        )
+
+    @torch.no_grad()
+    def hard_pixel_mask(self, logits: Tensor, target: Tensor) -> Tensor:
+        """OHEM selection: ``(B, H, W)`` bool, True for the pixels that are trained on.
+
+        Keeps every valid pixel whose true-class probability is below ``ohem_thresh``, and in any case the
+        ``ohem_min_kept * B`` valid pixels with the lowest probability (ties broken by position). Without OHEM
+        it is simply ``target != ignore_index``.
+        """
+        valid = target != self.ignore_index
+        if self.ohem_thresh is None:
+            return valid
+        # Ignored pixels point at class 0 only to make gather legal; they are masked out below.
+        safe_target = torch.where(valid, target, torch.zeros_like(target))
+        prob = logits.detach().float().softmax(dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
+        keep = valid & (prob < self.ohem_thresh)
+        n_min = min(self.ohem_min_kept * target.shape[0], int(valid.sum()))
+        if n_min > 0:
+            # Ignored pixels get +inf so they can never be among the hardest.
+            ranked = torch.where(valid, prob, torch.full_like(prob, float("inf"))).flatten()
+            hardest = ranked.topk(n_min, largest=False).indices
+            keep.view(-1)[hardest] = True
+        return keep
+
+    def _single(self, logits: Tensor, target: Tensor, name: str) -> Tensor:
+        """Loss of one head: ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)`` -> scalar."""
+        if logits.ndim != 4 or target.ndim != 3:
+            raise ValueError(
+                f"expected {name!r} logits (B, C, H, W) and target (B, H, W), got "
+                f"{tuple(logits.shape)} and {tuple(target.shape)}"
+            )
+        if logits.shape[0] != target.shape[0] or logits.shape[2:] != target.shape[1:]:
+            # Resizing silently would hide a model that forgot its final upsampling.
+            raise ValueError(
+                f"{name!r} logits {tuple(logits.shape)} do not match target {tuple(target.shape)}; "
+                "models must return logits at the label resolution"
+            )
+        weight = self.class_weights
+        if weight is not None and weight.numel() != logits.shape[1]:
+            raise ValueError(f"class_weights has {weight.numel()} entries for {logits.shape[1]} classes")
+
+        # Per-pixel losses are 0 at ignored pixels and already include the class weight w[y] (and torch's
+        # weighted label-smoothing term), so both reductions are a plain sum with a different divisor.
+        per_pixel = F.cross_entropy(
+            logits,
+            target,
+            weight=weight,
+            ignore_index=self.ignore_index,
+            reduction="none",
+            label_smoothing=self.label_smoothing,
+        )
+        keep = self.hard_pixel_mask(logits, target)
+        if self.ohem_thresh is not None:
+            per_pixel = per_pixel * keep
+        total = per_pixel.sum()
+        if self.reduction == "sum":
+            return total
+
+        safe_target = torch.where(keep, target, torch.zeros_like(target))
+        pixel_weight = keep.to(per_pixel.dtype) if weight is None else weight.to(per_pixel.dtype)[safe_target] * keep
+        denom = pixel_weight.sum()
+        # All pixels ignored: the sum is 0 and so must be the loss (torch's mean gives 0/0 = NaN). torch.where
+        # avoids a device sync and keeps the graph, so backward gives zero, finite gradients.
+        safe_denom = torch.where(denom > 0, denom, torch.ones_like(denom))
+        return torch.where(denom > 0, total / safe_denom, total * 0.0)
+
+    def forward(self, outputs: Mapping[str, Tensor] | Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Compute the training loss.
+
+        Args:
+            outputs: the model output ``{"out": (B, C, H, W), "aux": (B, C, H, W), ...}``, or bare logits.
+            target: ``(B, H, W)`` integer labels in ``[0, C)`` or ``ignore_index``.
+
+        Returns:
+            The scalar loss to back-propagate and its parts as floats: ``{"main", "aux", "total"}``
+            (``"aux"`` only when the auxiliary loss is used).
+        """
+        if isinstance(outputs, Tensor):
+            outputs = {"out": outputs}
+        if "out" not in outputs:
+            raise ValueError(f"model output has no 'out' key (got {sorted(outputs)})")
+        target = target.long()
+        main = self._single(outputs["out"], target, "out")
+        loss = main
+        parts: dict[str, float] = {"main": float(main.detach())}
+        if self.aux_weight > 0:
+            aux_logits = outputs.get("aux")
+            if aux_logits is None:
+                raise ValueError(
+                    f"aux_weight={self.aux_weight} but the model output has no 'aux' logits: build the model "
+                    "with aux=True, or set aux_weight=0"
+                )
+            aux = self._single(aux_logits, target, "aux")
+            loss = loss + self.aux_weight * aux
+            parts["aux"] = float(aux.detach())
+        parts["total"] = float(loss.detach())
+        return loss, parts
+
+
+def median_frequency_weights(
+    class_pixel_counts: Sequence[float] | Tensor, image_pixel_counts: Sequence[float] | Tensor | None = None
+) -> Tensor:
+    """Median frequency balancing (Eigen & Fergus; SegNet): ``w_c = median(freq) / freq_c``.
+
+    Args:
+        class_pixel_counts: ``(C,)`` number of training pixels labelled c.
+        image_pixel_counts: ``(C,)`` total pixels of the training images in which c appears, SegNet's
+            denominator. ``None`` uses the total of all labelled pixels for every class (plain frequency).
+
+    Returns:
+        ``(C,)`` float32 weights. Classes that never occur get weight 0 (not infinity) and are left out of the
+        median, so the weights do not depend on how many unused classes a label set declares.
+    """
+    counts = torch.as_tensor(class_pixel_counts, dtype=torch.float64).flatten()
+    if (counts < 0).any():
+        raise ValueError("class_pixel_counts must be >= 0")
+    if image_pixel_counts is None:
+        denom = counts.sum().expand_as(counts)
+    else:
+        denom = torch.as_tensor(image_pixel_counts, dtype=torch.float64).flatten()
+        if denom.shape != counts.shape:
+            raise ValueError(f"image_pixel_counts has {denom.numel()} entries, class_pixel_counts {counts.numel()}")
+        if ((counts > 0) & (denom < counts)).any():
+            raise ValueError("image_pixel_counts must be >= class_pixel_counts for every class that occurs")
+    present = counts > 0
+    if not present.any():
+        raise ValueError("no class has any pixel")
+    freq = counts[present] / denom[present]
+    # The true median (mean of the two middle values for an even count), as in SegNet's numpy code;
+    # torch.median would return the lower of the two.
+    median = float(freq.quantile(0.5))
+    weights = torch.zeros_like(counts)
+    weights[present] = median / freq
+    return weights.float()

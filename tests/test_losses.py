@@ -1,0 +1,164 @@
+"""SegmentationLoss against F.cross_entropy, hand-computed OHEM, and median frequency weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fcnkit.losses import SegmentationLoss, median_frequency_weights
+
+IGNORE = 255
+
+
+def make_batch(seed: int = 0, b: int = 2, c: int = 4, h: int = 6, w: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, c, h, w, generator=g, requires_grad=True)
+    target = torch.randint(0, c, (b, h, w), generator=g)
+    target[torch.rand(b, h, w, generator=g) < 0.2] = IGNORE
+    return logits, target
+
+
+def test_mean_matches_torch():
+    logits, target = make_batch()
+    loss, parts = SegmentationLoss()({"out": logits}, target)
+    expected = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    torch.testing.assert_close(loss, expected)
+    assert parts == pytest.approx({"main": expected.item(), "total": expected.item()})
+
+
+def test_sum_is_mean_times_valid_pixels():
+    logits, target = make_batch(1)
+    mean, _ = SegmentationLoss(reduction="mean")({"out": logits}, target)
+    total, _ = SegmentationLoss(reduction="sum")({"out": logits}, target)
+    n_valid = int((target != IGNORE).sum())
+    assert 0 < n_valid < target.numel()
+    torch.testing.assert_close(total, mean * n_valid)
+    torch.testing.assert_close(total, F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum"))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_class_weights_and_label_smoothing_match_torch(reduction, smoothing):
+    logits, target = make_batch(2)
+    weights = [0.5, 2.0, 1.0, 3.0]
+    loss, _ = SegmentationLoss(reduction=reduction, class_weights=weights, label_smoothing=smoothing)(logits, target)
+    expected = F.cross_entropy(
+        logits,
+        target,
+        weight=torch.tensor(weights),
+        ignore_index=IGNORE,
+        reduction=reduction,
+        label_smoothing=smoothing,
+    )
+    torch.testing.assert_close(loss, expected)
+
+
+def test_aux_weight_adds_weighted_aux_loss():
+    logits, target = make_batch(3)
+    aux, _ = make_batch(4)
+    loss, parts = SegmentationLoss(aux_weight=0.4)({"out": logits, "aux": aux, "se": torch.randn(2, 4)}, target)
+    main = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    aux_loss = F.cross_entropy(aux, target, ignore_index=IGNORE)
+    torch.testing.assert_close(loss, main + 0.4 * aux_loss)
+    assert parts["main"] == pytest.approx(main.item())
+    assert parts["aux"] == pytest.approx(aux_loss.item())
+    assert parts["total"] == pytest.approx((main + 0.4 * aux_loss).item())
+
+
+def test_aux_ignored_when_weight_is_zero():
+    logits, target = make_batch(3)
+    aux, _ = make_batch(4)
+    loss, parts = SegmentationLoss()({"out": logits, "aux": aux}, target)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, target, ignore_index=IGNORE))
+    assert "aux" not in parts
+
+
+def test_missing_aux_raises_with_hint():
+    logits, target = make_batch()
+    with pytest.raises(ValueError, match="aux=True"):
+        SegmentationLoss(aux_weight=0.5)({"out": logits}, target)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_ignored_gives_zero_loss_and_finite_grads(reduction, weighted):
+    logits, _ = make_batch()
+    target = torch.full((2, 6, 7), IGNORE)
+    crit = SegmentationLoss(reduction=reduction, class_weights=[1.0, 2.0, 3.0, 4.0] if weighted else None)
+    loss, parts = crit({"out": logits}, target)
+    assert loss.item() == 0.0 and parts["total"] == 0.0
+    loss.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    assert float(logits.grad.abs().sum()) == 0.0
+
+
+def ohem_example() -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """2 classes, one image of 1 x 10 pixels, the true class always 0; its probability is chosen per pixel.
+
+    With logits (log p, log(1 - p)) the softmax probability of class 0 is exactly p. The last pixel is ignored.
+    """
+    probs = [0.9, 0.1, 0.6, 0.3, 0.8, 0.2, 0.95, 0.4, 0.7, 0.05]
+    p = torch.tensor(probs, dtype=torch.float64)
+    logits = torch.stack([p.log(), (1 - p).log()]).view(1, 2, 1, 10).float().requires_grad_(True)
+    target = torch.zeros(1, 1, 10, dtype=torch.long)
+    target[0, 0, 9] = IGNORE
+    return logits, target, probs
+
+
+@pytest.mark.parametrize(
+    ("thresh", "min_kept", "kept_probs"),
+    [
+        (0.35, 0, [0.1, 0.3, 0.2]),  # below the threshold
+        (0.35, 5, [0.1, 0.3, 0.2, 0.4, 0.6]),  # min_kept hardest, more than the threshold keeps
+        (0.35, 2, [0.1, 0.3, 0.2]),  # the threshold keeps more than min_kept
+        (0.01, 1, [0.1]),  # nothing below the threshold: only the hardest
+        (1.0, 0, [0.9, 0.1, 0.6, 0.3, 0.8, 0.2, 0.95, 0.4, 0.7]),  # every valid pixel, never the ignored one
+        (0.01, 50, [0.9, 0.1, 0.6, 0.3, 0.8, 0.2, 0.95, 0.4, 0.7]),  # min_kept capped at the valid count
+    ],
+)
+def test_ohem_keeps_expected_pixels(thresh, min_kept, kept_probs):
+    logits, target, probs = ohem_example()
+    crit = SegmentationLoss(ohem_thresh=thresh, ohem_min_kept=min_kept)
+    mask = crit.hard_pixel_mask(logits, target)
+    assert sorted(p for p, keep in zip(probs, mask.flatten().tolist(), strict=True) if keep) == sorted(kept_probs)
+
+    loss, _ = crit({"out": logits}, target)
+    expected_mean = sum(-math.log(p) for p in kept_probs) / len(kept_probs)
+    assert loss.item() == pytest.approx(expected_mean, rel=1e-5)
+    total, _ = SegmentationLoss(reduction="sum", ohem_thresh=thresh, ohem_min_kept=min_kept)(logits, target)
+    assert total.item() == pytest.approx(expected_mean * len(kept_probs), rel=1e-5)
+
+
+def test_ohem_min_kept_scales_with_batch():
+    logits, target, _ = ohem_example()
+    logits2, target2 = torch.cat([logits, logits]), torch.cat([target, target])
+    mask = SegmentationLoss(ohem_thresh=0.01, ohem_min_kept=3).hard_pixel_mask(logits2, target2)
+    assert int(mask.sum()) == 6  # 3 per image, counted over the batch as mmseg does
+
+
+def test_argument_validation():
+    logits, target = make_batch()
+    with pytest.raises(ValueError, match="reduction"):
+        SegmentationLoss(reduction="avg")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ohem_thresh"):
+        SegmentationLoss(ohem_min_kept=10)
+    with pytest.raises(ValueError, match="class_weights"):
+        SegmentationLoss(class_weights=[1.0, 2.0])({"out": logits}, target)
+    with pytest.raises(ValueError, match="label resolution"):
+        SegmentationLoss()({"out": logits[:, :, :3]}, target)
+
+
+def test_median_frequency_weights():
+    # Frequencies over 70 labelled pixels: 1/7, 2/7, 4/7 (class 3 never occurs); median 2/7.
+    w = median_frequency_weights([10, 20, 40, 0])
+    torch.testing.assert_close(w, torch.tensor([2.0, 1.0, 0.5, 0.0]))
+    # SegNet's denominator: pixels of the images in which the class appears.
+    # freq = 10/100, 20/50, 40/400 = 0.1, 0.4, 0.1; median 0.1.
+    w = median_frequency_weights(torch.tensor([10.0, 20.0, 40.0]), image_pixel_counts=[100, 50, 400])
+    torch.testing.assert_close(w, torch.tensor([1.0, 0.25, 1.0]))
+    # Even number of classes: mean of the two middle frequencies, (0.2 + 0.3) / 2.
+    w = median_frequency_weights([10, 20, 30, 40])
+    torch.testing.assert_close(w, torch.tensor([2.5, 1.25, 2.5 / 3, 0.625]))
