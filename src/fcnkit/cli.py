@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -87,6 +88,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     best = f"{result.best_miou * 100:.2f}" if result.best_miou is not None else "n/a"
     print(f"run directory: {result.run_dir}  steps: {result.steps}  best val mIoU: {best}  "
           f"throughput: {result.images_per_second:.2f} images/s")  # fmt: skip

@@ -152,14 +152,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
     if tp is Any:
         return value
@@ -178,6 +177,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _build(tp, value, key)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML reads "1e-10" (no dot) as a string; it is plainly meant as a number
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -195,7 +199,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         dotted = f"{prefix}.{key}" if prefix else key
         if key not in hints:
             matches = close_matches(str(key), names)
-            hint = f" Did you mean: {', '.join((f'{prefix}.' if prefix else '') + m for m in matches)}?" if matches else ""
+            hint = (
+                f" Did you mean: {', '.join((f'{prefix}.' if prefix else '') + m for m in matches)}?" if matches else ""
+            )
             raise ConfigError(f"unknown config key {dotted!r}.{hint}")
         kwargs[key] = _coerce(value, hints[key], dotted)
     return cls(**kwargs)

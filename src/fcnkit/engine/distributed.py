@@ -41,6 +41,19 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Give every rank rank 0's buffers (BN running statistics).
+
+    DDP broadcasts buffers at the start of each forward, so after the last training step each rank holds
+    statistics updated by its own last batch. Evaluating shards with different statistics would not
+    match the checkpoint rank 0 writes.
+    """
+    if info.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -34,7 +34,7 @@ from ..data import TrainTransform, build_dataset, pad_collate
 from ..losses import SegmentationLoss, median_frequency_weights
 from ..metrics import SegMetrics
 from ..models import create_model
-from .distributed import DistInfo, ResumableSampler, barrier, init_distributed, shutdown
+from .distributed import DistInfo, ResumableSampler, barrier, broadcast_buffers, init_distributed, shutdown
 from .ema import ModelEMA
 from .errors import TrainingDiverged
 from .evaluate import evaluate
@@ -205,6 +205,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     net: nn.Module = model
     if info.enabled:
         if cfg.sync_bn:
+            if device.type != "cuda":
+                raise ValueError("sync_bn needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation")
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
@@ -237,6 +239,14 @@ def train(cfg: TrainConfig) -> TrainResult:
         writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def save(path: Path, eval_model: nn.Module | None = None) -> None:
+        # A finite loss can still be followed by an update that overflows the weights: never let such a
+        # state replace the last good checkpoint.
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"weights became non-finite after step {step} (epoch {epoch + 1}, first: {bad[0]}); training "
+                f"stopped and {path} was not overwritten. Check the lr against loss.reduction={cfg.loss.reduction!r}."
+            )
         rng = _gather_rng(info)
         if not info.is_main:
             return
@@ -256,6 +266,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     def run_eval() -> SegMetrics:
         eval_model = ema.module if ema is not None else model
+        broadcast_buffers(eval_model, info)
         return evaluate(eval_model, val_set, device, cfg.data.val_batch_size, 0, info, amp_dtype, cfg.channels_last)
 
     # ---- epochs --------------------------------------------------------------------------------------
@@ -276,7 +287,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                 outputs = net(images)
             loss, parts = criterion({k: v.float() for k, v in outputs.items()}, labels)
             if not torch.isfinite(loss):
-                kept = f"the last good checkpoint is {last_path}" if last_path.exists() else "no checkpoint was written yet"
+                kept = (
+                    f"the last good checkpoint is {last_path}"
+                    if last_path.exists()
+                    else "no checkpoint was written yet"
+                )
                 raise TrainingDiverged(
                     f"loss became {loss.item()} at step {step + 1} (epoch {epoch + 1}, batch {batches_done + 1}); "
                     f"training stopped and {kept}. Check the lr against loss.reduction={cfg.loss.reduction!r}."

@@ -1,0 +1,189 @@
+"""The one dataset class: a list of (image, label, name) files plus what the labels mean.
+
+Every format (VOC, SBD, CamVid, a plain folder) is a small factory function that finds the files and
+returns a :class:`SegmentationDataset`; the reading, checking and error messages live here, once.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from fcnkit.data.io import RGB, DataError, PathLike, read_image, read_label
+from fcnkit.registry import Registry
+
+#: Dataset factories by name. Each takes ``root``, ``split`` and ``transform`` (plus its own options)
+#: and returns a :class:`SegmentationDataset`. Filled by the explicit imports in ``fcnkit.data``.
+DATASETS: Registry[SegmentationDataset] = Registry("dataset")
+
+Sample = dict[str, Any]
+Transform = Callable[[Sample], Sample]
+
+
+class SampleFiles(NamedTuple):
+    """Where one sample lives: its image, its label (None for unlabelled data) and a short name."""
+
+    image: Path
+    label: Path | None
+    name: str
+
+
+def voc_palette(n: int = 256) -> list[RGB]:
+    """The PASCAL VOC colour map: the bits of the class index are spread over the high bits of R, G, B.
+
+    Bit 0 of the index goes to R, bit 1 to G, bit 2 to B (at bit 7 of each channel), the next three bits
+    to bit 6, and so on. ``voc_palette(21)[1] == (128, 0, 0)``; ``voc_palette(256)[255] == (224, 224, 192)``.
+    """
+    colours = []
+    for index in range(n):
+        r = g = b = 0
+        c = index
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colours.append((r, g, b))
+    return colours
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Image / label-map pairs with class names, an ignore value and a colour per class.
+
+    ``dataset[i]`` returns ``{"image": uint8 (3, H, W), "label": int64 (H, W), "name": str}`` passed through
+    ``transform`` when one is set (the training and evaluation transforms turn the image into a
+    normalised float ``(3, h, w)``). Unlabelled samples (``label`` path None) have no ``"label"`` key.
+
+    Raw label values are first sent through ``label_map`` when given (an int64 lookup table: Cityscapes
+    label ids -> train ids, ADE20K's "minus one", ...), then every value must be a class index
+    ``0 .. num_classes - 1`` or ``ignore_index``; anything else raises :class:`DataError` listing the values.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[SampleFiles],
+        classes: Sequence[str],
+        *,
+        ignore_index: int = 255,
+        palette: Sequence[RGB] | None = None,
+        label_map: Tensor | Sequence[int] | None = None,
+        transform: Transform | None = None,
+        label_reader: Callable[[Path], Tensor] = read_label,
+        split: str = "",
+        source: PathLike = "",
+    ) -> None:
+        if not classes:
+            raise ValueError("a dataset needs at least one class name")
+        if 0 <= ignore_index < len(classes):
+            raise ValueError(
+                f"ignore_index {ignore_index} is also the index of class {classes[ignore_index]!r}; "
+                f"use a value outside 0..{len(classes) - 1}"
+            )
+        palette = list(palette) if palette is not None else voc_palette(len(classes))
+        if len(palette) != len(classes):
+            raise ValueError(f"palette has {len(palette)} colours for {len(classes)} classes")
+        if not samples:
+            where = f" ({source})" if source else ""
+            raise DataError(f"split {split!r} is empty: no samples found{where}")
+        self.samples = list(samples)
+        self.classes = list(classes)
+        self.ignore_index = int(ignore_index)
+        self.palette = [(int(r), int(g), int(b)) for r, g, b in palette]
+        self.label_map = None if label_map is None else torch.as_tensor(label_map, dtype=torch.int64)
+        self.transform = transform
+        self.label_reader = label_reader
+        self.split = split
+        self.source = str(source)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.load(index)
+        return self.transform(sample) if self.transform is not None else sample
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split={self.split!r}, samples={len(self)}, classes={self.num_classes}, "
+            f"ignore_index={self.ignore_index}, source={self.source!r})"
+        )
+
+    def load(self, index: int) -> Sample:
+        """The raw sample, without ``transform``: uint8 image ``(3, H, W)``, int64 label ``(H, W)``, name."""
+        files = self.samples[index]
+        image = read_image(files.image)
+        sample: Sample = {"image": image, "name": files.name}
+        if files.label is None:
+            return sample
+        if not files.label.is_file():
+            raise DataError(f"label file missing for sample {files.name!r}: {files.label}")
+        label = self.label_reader(files.label)
+        if tuple(label.shape) != tuple(image.shape[1:]):
+            raise DataError(self._size_mismatch_message(files, tuple(image.shape[1:]), tuple(label.shape)))
+        if self.label_map is not None:
+            label = self._apply_label_map(label, files.label)
+        self._check_values(label, files.label)
+        sample["label"] = label
+        return sample
+
+    def _apply_label_map(self, label: Tensor, path: Path) -> Tensor:
+        table = self.label_map
+        outside = (label < 0) | (label >= len(table))
+        if outside.any():
+            values = torch.unique(label[outside]).tolist()
+            raise DataError(
+                f"label {path} has raw values {values} that the label_map (size {len(table)}) does not cover"
+            )
+        return table[label]
+
+    def _check_values(self, label: Tensor, path: Path) -> None:
+        bad = ((label < 0) | (label >= self.num_classes)) & (label != self.ignore_index)
+        if bad.any():
+            values = torch.unique(label[bad]).tolist()
+            raise DataError(
+                f"label {path} has values {values} that are neither a class index (0..{self.num_classes - 1}) "
+                f"nor the ignore index {self.ignore_index}"
+            )
+
+    @staticmethod
+    def _size_mismatch_message(files: SampleFiles, image_hw: tuple[int, ...], label_hw: tuple[int, ...]) -> str:
+        msg = (
+            f"image and label sizes differ for sample {files.name!r}: image {files.image} is "
+            f"{image_hw[0]}x{image_hw[1]} (HxW), label {files.label} is {label_hw[0]}x{label_hw[1]}"
+        )
+        if label_hw == image_hw[::-1]:
+            msg += (
+                ". The label matches the image turned by 90 degrees: the image probably carries an EXIF "
+                "orientation tag that the label lacks (images are read upright, as viewers show them)"
+            )
+        return msg
+
+
+def resolve_split(split: str, known: Sequence[str], dataset: str) -> str:
+    """Return ``split`` if ``dataset`` has it, else raise ValueError suggesting the closest names."""
+    if split in known:
+        return split
+    close = difflib.get_close_matches(split, known, n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(f"Unknown split {split!r} for dataset {dataset!r}.{hint} Known splits: {', '.join(known)}.")
+
+
+def read_split_ids(path: Path) -> list[str]:
+    """Ids listed one per line (the first whitespace-separated field); blank lines and '#' comments skipped."""
+    if not path.is_file():
+        raise DataError(f"split file not found: {path}")
+    ids = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            ids.append(line.split()[0])
+    return ids

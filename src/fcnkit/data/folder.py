@@ -1,0 +1,150 @@
+"""Custom data in a plain folder: one place to set the classes, two simple ways to lay out the files.
+
+::
+
+    root/
+      classes.yaml            # or classes.yml / classes.json
+      images/<split>/*.jpg    # layout 1: one folder per split ...
+      masks/<split>/*.png     #   ... masks matched to images by file stem
+      images/*.jpg            # layout 2: all images together ...
+      masks/*.png
+      splits/<split>.txt      #   ... and one stem per line for each split
+
+Layout 1 is used when ``images/<split>/`` exists, else layout 2. Without a ``masks`` folder the samples are
+unlabelled (for inference). ``classes.yaml``::
+
+    classes: [background, road, car]      # required; the index of a name is its class index
+    colors: [[0, 0, 0], [128, 64, 128], [64, 0, 128]]   # optional, one per class
+    ignore_index: 255                     # optional, default 255
+    ignore_colors: [[255, 255, 255]]      # optional, colours of void pixels in RGB masks
+
+Masks are index PNGs (palette or grayscale, pixel = class index or ignore_index) or, when ``colors`` is
+given, RGB images whose colours are translated through it; a colour in neither ``colors`` nor
+``ignore_colors`` raises an error listing it and the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from fcnkit.data.base import DATASETS, SampleFiles, SegmentationDataset, Transform, read_split_ids
+from fcnkit.data.io import RGB, DataError, PathLike, read_label
+from fcnkit.registry import close_matches
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
+_CLASS_KEYS = ("classes", "colors", "ignore_index", "ignore_colors")
+
+
+def load_class_file(root: PathLike) -> dict[str, Any]:
+    """Read and validate ``root/classes.yaml`` (or .yml / .json); returns the four keys, defaults filled in."""
+    root = Path(root)
+    path = next((root / name for name in CLASS_FILES if (root / name).is_file()), None)
+    if path is None:
+        raise DataError(f"no class file in {root}: create {root / 'classes.yaml'} with 'classes: [name, ...]'")
+    try:
+        if path.suffix == ".json":
+            spec = json.loads(path.read_text())
+        else:
+            import yaml
+
+            spec = yaml.safe_load(path.read_text())
+    except Exception as exc:  # yaml / json parse errors
+        raise DataError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise DataError(f"{path} should hold a mapping with a 'classes' list")
+    for key in spec:
+        if key not in _CLASS_KEYS:
+            matches = close_matches(str(key), _CLASS_KEYS)
+            hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
+            raise DataError(f"{path}: unknown key {key!r}.{hint} Accepted keys: {', '.join(_CLASS_KEYS)}.")
+    classes = spec.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise DataError(f"{path}: 'classes' must be a non-empty list of names")
+    ignore_index = spec.get("ignore_index", 255)
+    if not isinstance(ignore_index, int):
+        raise DataError(f"{path}: 'ignore_index' must be an integer, got {ignore_index!r}")
+    colors = _colour_list(spec.get("colors"), path, "colors")
+    if colors is not None and len(colors) != len(classes):
+        raise DataError(f"{path}: 'colors' has {len(colors)} entries for {len(classes)} classes")
+    ignore_colors = _colour_list(spec.get("ignore_colors"), path, "ignore_colors") or []
+    return {"classes": classes, "colors": colors, "ignore_index": ignore_index, "ignore_colors": ignore_colors}
+
+
+def _colour_list(value: Any, path: Path, key: str) -> list[RGB] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, list) and all(
+        isinstance(c, list | tuple) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c)
+        for c in value
+    )
+    if not ok:
+        raise DataError(f"{path}: '{key}' must be a list of [r, g, b] triples with values 0-255")
+    return [(int(r), int(g), int(b)) for r, g, b in value]
+
+
+def _by_stem(folder: Path) -> dict[str, Path]:
+    """Image files of ``folder`` by stem; two files with one stem are ambiguous and rejected."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in found:
+            raise DataError(f"two files share the stem {path.stem!r}: {found[path.stem]} and {path}")
+        found[path.stem] = path
+    return found
+
+
+def _mask_for(masks: dict[str, Path] | None, mask_dir: Path, stem: str) -> Path | None:
+    if masks is None:
+        return None
+    # A missing mask keeps its expected path so that loading the sample names the file that is absent.
+    return masks.get(stem, mask_dir / f"{stem}.png")
+
+
+@DATASETS.register()
+def folder(root: PathLike, split: str = "train", transform: Transform | None = None) -> SegmentationDataset:
+    """A custom dataset in the folder format described in this module's docstring; ``split`` is any name."""
+    root = Path(root).expanduser()
+    spec = load_class_file(root)
+    per_split_images = root / "images" / split
+    split_file = root / "splits" / f"{split}.txt"
+    if per_split_images.is_dir():
+        mask_dir = root / "masks" / split
+        masks = _by_stem(mask_dir) if mask_dir.is_dir() else None
+        images = _by_stem(per_split_images)
+        samples = [SampleFiles(path, _mask_for(masks, mask_dir, stem), stem) for stem, path in images.items()]
+        source: Path = per_split_images
+    elif split_file.is_file():
+        mask_dir = root / "masks"
+        masks = _by_stem(mask_dir) if mask_dir.is_dir() else None
+        images = _by_stem(root / "images") if (root / "images").is_dir() else {}
+        samples = [
+            # An unknown stem keeps a path without suffix, so loading it reports the missing image by name.
+            SampleFiles(images.get(stem, root / "images" / stem), _mask_for(masks, mask_dir, stem), stem)
+            for stem in read_split_ids(split_file)
+        ]
+        source = split_file
+    else:
+        raise DataError(
+            f"split {split!r} not found in {root}: expected the folder {per_split_images} or the file {split_file}"
+        )
+
+    colour_map: dict[RGB, int] | None = None
+    if spec["colors"] is not None:
+        colour_map = {colour: index for index, colour in enumerate(spec["colors"])}
+        for colour in spec["ignore_colors"]:
+            colour_map.setdefault(colour, spec["ignore_index"])
+    return SegmentationDataset(
+        samples,
+        spec["classes"],
+        ignore_index=spec["ignore_index"],
+        palette=spec["colors"],
+        transform=transform,
+        label_reader=functools.partial(read_label, colors=colour_map),
+        split=split,
+        source=source,
+    )

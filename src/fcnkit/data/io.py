@@ -1,0 +1,216 @@
+"""Reading images and label maps from disk, strictly, with errors that name the file.
+
+* Images come back as ``uint8`` RGB ``(3, H, W)`` the way an image viewer shows them: the EXIF orientation
+  is applied, grayscale / palette / RGBA / CMYK are converted to RGB and 16-bit data is scaled to 8 bits.
+* Label maps come back as ``int64`` ``(H, W)`` holding the stored *values*: for a palette PNG (VOC) those
+  are the palette indices, never the colours. RGB colour masks are only accepted through an explicit
+  colour -> value map, because guessing a colour table silently produces wrong classes.
+* SBD's MATLAB files (``cls/<id>.mat``, struct ``GTcls`` with field ``Segmentation``) are read as labels too.
+* A corrupt or truncated file raises :class:`DataError`; PIL's ``LOAD_TRUNCATED_IMAGES`` switch, which
+  would otherwise turn a half-written file into a silently grey-padded image, is off while we decode.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torch import Tensor
+
+PathLike = str | os.PathLike[str]
+RGB = tuple[int, int, int]
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_INDEX_LABEL_MODES = ("P", "L", "1", *_SIXTEEN_BIT_MODES)
+
+
+class DataError(ValueError):
+    """A dataset file is missing, unreadable or inconsistent. The message names the file."""
+
+
+# --- strict decoding ---------------------------------------------------------------------------------
+
+_strict_lock = threading.Lock()
+_strict_depth = 0
+_saved_truncated_flag = False
+
+
+@contextmanager
+def _strict_decoding() -> Iterator[None]:
+    """Turn PIL's global ``LOAD_TRUNCATED_IMAGES`` off for the duration of a read.
+
+    Another library in the same process may have switched it on; a truncated file would then decode
+    without error, grey-padded. The depth counter keeps concurrent readers from restoring the flag
+    while another thread is still decoding.
+    """
+    global _strict_depth, _saved_truncated_flag
+    with _strict_lock:
+        if _strict_depth == 0:
+            _saved_truncated_flag = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        _strict_depth += 1
+    try:
+        yield
+    finally:
+        with _strict_lock:
+            _strict_depth -= 1
+            if _strict_depth == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _saved_truncated_flag
+
+
+def _open_upright(path: Path, what: str) -> Image.Image:
+    """Open, fully decode and EXIF-orient one file; every failure becomes a DataError naming it."""
+    if not path.is_file():
+        raise DataError(f"{what} file not found: {path}")
+    with _strict_decoding():
+        try:
+            with Image.open(path) as img:
+                # Image.open only reads the header; load() decodes everything so that a truncated or
+                # corrupt body fails here, with the file name, not later inside a DataLoader worker.
+                img.load()
+                return _exif_upright(img, path)
+        except DataError:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read {what} {path}: {exc} (corrupt or truncated file?)") from exc
+
+
+def _exif_upright(img: Image.Image, path: Path) -> Image.Image:
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except Exception as exc:  # a malformed EXIF block should not cost the whole image
+        warnings.warn(f"{path}: ignoring unreadable EXIF orientation ({exc})", stacklevel=3)
+        return img.copy()
+    return upright if upright is not None else img.copy()
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+
+def read_image(path: PathLike) -> Tensor:
+    """Read an image file as RGB pixels: ``uint8`` tensor ``(3, H, W)``, upright per its EXIF orientation.
+
+    Grayscale, palette, RGBA/LA (alpha dropped), CMYK and YCbCr images are converted to RGB; 16-bit
+    grayscale (PIL modes ``I;16`` and ``I``, as 16-bit PNG/TIFF open) is scaled to 0-255 by ``v / 257``.
+    Raises :class:`DataError` naming the file when it is missing, corrupt or truncated.
+    """
+    path = Path(path)
+    img = _open_upright(path, "image")
+    if img.mode in _SIXTEEN_BIT_MODES:
+        values = np.array(img).astype(np.float64)
+        # 65535 / 257 == 255 exactly, so the full 16-bit range maps onto the full 8-bit range.
+        gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    elif img.mode == "RGB":
+        rgb = np.array(img)
+    else:
+        try:
+            rgb = np.array(img.convert("RGB"))
+        except (ValueError, OSError) as exc:
+            raise DataError(f"cannot convert image {path} (PIL mode {img.mode!r}) to RGB: {exc}") from exc
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+
+
+# --- labels ------------------------------------------------------------------------------------------
+
+
+def read_label(path: PathLike, colors: Mapping[RGB, int] | None = None) -> Tensor:
+    """Read a label map: ``int64`` tensor ``(H, W)`` of the stored values (class indices / ignore value).
+
+    * palette PNG (mode ``P``, as VOC ships them): the palette *indices*, not the colours;
+    * 8-bit (``L``) and 16-bit (``I;16``, ``I``) grayscale: the pixel values;
+    * RGB / RGBA colour masks: only when ``colors`` maps every colour present to a value; an unmapped
+      colour raises :class:`DataError` listing the colours and the file;
+    * ``.mat`` files: SBD's ``GTcls.Segmentation`` (see :func:`read_sbd_label`).
+
+    The EXIF orientation is applied like for images, so an image and its mask that carry the same tag
+    stay aligned. Values are not validated here; the dataset checks them against its classes.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".mat":
+        return read_sbd_label(path)
+    img = _open_upright(path, "label")
+    if img.mode in _INDEX_LABEL_MODES:
+        values = np.array(img)
+    elif img.mode in ("LA", "PA"):
+        values = np.array(img.getchannel(0))  # the alpha band carries no class information
+    elif img.mode in ("RGB", "RGBA"):
+        if colors is None:
+            raise DataError(
+                f"label {path} is an {img.mode} colour image, but no colour -> class map was given. "
+                "Save masks as index PNGs (palette 'P' or grayscale 'L'), or use the 'folder' dataset "
+                "with 'colors' in classes.yaml."
+            )
+        return colors_to_label(np.array(img.convert("RGB")), colors, path)
+    else:
+        raise DataError(f"unsupported label image mode {img.mode!r} in {path}; expected an index PNG ('P' or 'L')")
+    return torch.from_numpy(values.astype(np.int64))
+
+
+def colors_to_label(rgb: np.ndarray, colors: Mapping[RGB, int], path: PathLike = "<array>") -> Tensor:
+    """Map an RGB mask ``(H, W, 3)`` uint8 to values ``(H, W)`` int64 through ``colors`` (colour -> value)."""
+    # Pack each colour into one integer so the lookup is a sorted search instead of a per-pixel dict.
+    codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2].astype(np.int64)
+    known = np.array(sorted((r << 16) | (g << 8) | b for r, g, b in colors), dtype=np.int64)
+    by_code = {(r << 16) | (g << 8) | b: v for (r, g, b), v in colors.items()}
+    values = np.array([by_code[int(c)] for c in known], dtype=np.int64)
+    pos = np.clip(np.searchsorted(known, codes), 0, max(len(known) - 1, 0))
+    hit = known[pos] == codes if len(known) else np.zeros(codes.shape, dtype=bool)
+    if not hit.all():
+        unknown, counts = np.unique(codes[~hit], return_counts=True)
+        listed = ", ".join(
+            f"({c >> 16}, {(c >> 8) & 255}, {c & 255}) x{n}"
+            for c, n in zip(unknown[:10].tolist(), counts[:10].tolist(), strict=True)
+        )
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise DataError(
+            f"label {path} contains colours that are not in the colour map: {listed}{more}. "
+            "Add them to 'colors' (or to 'ignore_colors' for void pixels) in classes.yaml."
+        )
+    return torch.from_numpy(values[pos])
+
+
+def read_sbd_label(path: PathLike) -> Tensor:
+    """Read SBD's ``cls/<id>.mat``: the ``GTcls`` struct's ``Segmentation`` field, ``int64`` ``(H, W)``."""
+    from scipy.io import loadmat  # scipy is only needed by SBD users
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"label file not found: {path}")
+    try:
+        # struct_as_record=False gives attribute access; no squeeze_me, so a one-row mask stays 2-D.
+        mat = loadmat(path, struct_as_record=False, variable_names=["GTcls"])
+    except Exception as exc:  # scipy raises several unrelated types for damaged files
+        raise DataError(f"cannot read label {path}: {exc} (corrupt or truncated .mat file?)") from exc
+    if "GTcls" not in mat:
+        raise DataError(f"label {path} has no 'GTcls' struct (SBD class labels live in cls/*.mat, not inst/*.mat)")
+    seg = _field(_unwrap(mat["GTcls"]), "Segmentation")
+    if seg is None:
+        raise DataError(f"label {path}: the 'GTcls' struct has no 'Segmentation' field")
+    seg = np.asarray(_unwrap(seg))
+    if seg.ndim != 2:
+        raise DataError(f"label {path}: GTcls.Segmentation should be a 2-D array, got shape {seg.shape}")
+    return torch.from_numpy(seg.astype(np.int64))
+
+
+def _unwrap(x: Any) -> Any:
+    """MATLAB structs and cells arrive wrapped in 1x1 object arrays; peel those layers off."""
+    while isinstance(x, np.ndarray) and x.dtype == object and x.size == 1:
+        x = x.reshape(-1)[0]
+    return x
+
+
+def _field(struct: Any, name: str) -> Any:
+    if hasattr(struct, "_fieldnames"):  # scipy's mat_struct
+        return getattr(struct, name, None)
+    if isinstance(struct, np.ndarray | np.void) and struct.dtype.names and name in struct.dtype.names:
+        return struct[name]  # record-array form (struct_as_record=True)
+    return None
