@@ -1,5 +1,6 @@
 """Configs, the training loop end to end, SIGKILL + resume, NaN handling, torchrun, and `fcnkit eval`."""
 
+import contextlib
 import json
 import os
 import signal
@@ -166,3 +167,21 @@ def test_torchrun_two_processes_evaluation_equals_single_process(folder_data, tm
     single = evaluate(model, build_dataset("folder", str(folder_data), "val")).as_dict()
     for key in ("pixel_acc", "mean_acc", "miou", "fwiou"):
         assert single[key] == pytest.approx(ddp_val[key], abs=1e-12), key
+
+
+def test_data_check_cli_summarises_and_flags_bad_files(folder_data, tmp_path, capsys):
+    assert main(["data", "check", "folder", "--root", str(folder_data), "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "12" in out and "box" in out and "disc" in out
+    broken = tmp_path / "broken"
+    make_folder_dataset(broken, n_train=3, n_val=1)
+    (broken / "images" / "train" / "s001.png").write_bytes(b"not a png")
+    assert main(["data", "check", "folder", "--root", str(broken), "--split", "train"]) == 1
+    assert "s001.png" in capsys.readouterr().out
+
+
+def test_summed_loss_with_mean_sized_lr_warns(folder_data, tmp_path, capsys):
+    cfg = tiny_config(folder_data, tmp_path / "warn", "loss.reduction=sum", "optim.lr=0.01", "max_steps=1")
+    with contextlib.suppress(TrainingDiverged):  # a summed loss at lr 0.01 may well blow up
+        train(cfg)
+    assert "a summed loss needs an lr near 1e-10" in capsys.readouterr().out

@@ -118,6 +118,14 @@ def _class_weights(cfg: TrainConfig, dataset: Any) -> list[float] | None:
     return median_frequency_weights(counts).tolist()
 
 
+def _warn_lr_reduction(cfg: TrainConfig, info: DistInfo) -> None:
+    """The most common FCN training failure: a summed-loss lr with a mean loss, or the reverse."""
+    lr, reduction = cfg.optim.lr, cfg.loss.reduction
+    if info.is_main and ((reduction == "sum" and lr > 1e-6) or (reduction == "mean" and lr < 1e-7)):
+        hint = "a summed loss needs an lr near 1e-10" if reduction == "sum" else "a mean loss needs an lr near 1e-3"
+        print(f"warning: optim.lr={lr:g} with loss.reduction={reduction!r}: {hint}; expect NaN or no learning")
+
+
 def _log(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -198,6 +206,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         warmup_start_factor=s.warmup_start_factor, power=s.power, min_lr_factor=s.min_lr_factor,
         step_size=s.step_size, gamma=s.gamma,
     )  # fmt: skip
+    _warn_lr_reduction(cfg, info)
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     ema = ModelEMA(model, decay=cfg.ema_decay) if cfg.ema_decay else None
