@@ -52,12 +52,11 @@ def create_model(
     if name.startswith("timm:"):
         options.setdefault("backbone", name.removeprefix("timm:"))
         name = f"{options.pop('head', 'fcn8s')}_timm"
-    factory = MODELS.get(name)  # unknown names fail here, with suggestions
+    MODELS.get(name)  # an unknown name fails here, with suggestions, before any weights are read
     resolved = resolve(weights, owner=name) if weights is not None else None
     if num_classes is None:
         num_classes = (infer_num_classes(resolved) if resolved else None) or 21
     model = MODELS.build(name, num_classes=num_classes, **options)
-    del factory
     model.arch = {"name": name, "num_classes": num_classes, "options": _plain_options(options)}
     if resolved is not None:
         load_model_weights(model, resolved)
