@@ -48,6 +48,7 @@ def checkpoint_dict(model: Segmenter, **extra: Any) -> dict[str, Any]:
         "arch": model.arch,
         "preprocessing": model.preprocessing.to_dict(),
         "classes": list(model.classes) if model.classes else None,
+        "palette": [list(c) for c in model.palette] if model.palette else None,
         "state_dict": model.state_dict(),
         **extra,
     }
@@ -75,4 +76,5 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     model.load_state_dict(ckpt["state_dict"], strict=True)
     model.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
     model.classes = ckpt.get("classes")
+    model.palette = [tuple(c) for c in ckpt["palette"]] if ckpt.get("palette") else None
     return model.to(map_location)

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -126,6 +127,41 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .data import voc_palette
+    from .data.io import read_image
+    from .inference import Predictor, expand_inputs
+    from .visualize import label_to_palette_png, overlay
+
+    predictor = Predictor(args.model, device=args.device, tile=args.tile, batch_size=1)
+    model = predictor.model
+    palette = list(model.palette or voc_palette(predictor.num_classes))
+    paths = expand_inputs(args.inputs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in paths:
+        try:
+            rgb = read_image(path)
+        except (ValueError, OSError) as e:  # one unreadable file must not cost the others
+            failed += 1
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            continue
+        pred = predictor.predict_tensor(rgb, probs=args.probs)[0]
+        label = pred.label.numpy()
+        label_to_palette_png(label, palette).save(out / f"{path.stem}.png")
+        overlay(rgb, label, palette, alpha=args.alpha).save(out / f"{path.stem}_overlay.jpg", quality=92)
+        if args.probs:
+            np.save(out / f"{path.stem}_probs.npy", pred.probs.numpy().astype(np.float16))
+        print(f"{path} -> {out / (path.stem + '.png')}")
+    print(
+        f"wrote {len(paths) - failed} of {len(paths)} predictions to {out}" + (f"; {failed} skipped" if failed else "")
+    )
+    return 1 if failed else 0
+
+
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .data import build_dataset, check_dataset
 
@@ -168,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="segment images: label PNGs (palette, values = class index) + overlays")
+    p.add_argument("model", help="an fcnkit checkpoint, or '<model>.<weights tag>' such as fcn_resnet50_d8.coco_voc")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--probs", action="store_true", help="also write class probabilities (<name>_probs.npy, float16)")
+    p.add_argument("--tile", type=int, help="segment images larger than this in overlapping tiles of this size")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="validate a dataset: pairs, sizes, label values, class frequencies")

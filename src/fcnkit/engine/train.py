@@ -153,6 +153,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     num_classes = cfg.model.num_classes or train_set.num_classes
     model = create_model(cfg.model.name, num_classes=num_classes, weights=cfg.model.weights, **cfg.model.options)
     model.classes = list(train_set.classes)
+    model.palette = [tuple(c) for c in train_set.palette] if train_set.palette else None
     crop = cfg.data.crop_size
     transform = TrainTransform(
         model.preprocessing,

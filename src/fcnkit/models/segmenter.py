@@ -69,6 +69,7 @@ class Segmenter(nn.Module):
         # Filled by create_model(); travel with checkpoints (see fcnkit.checkpoint).
         self.preprocessing: Preprocessing = IMAGENET
         self.classes: list[str] | None = None
+        self.palette: list[tuple[int, int, int]] | None = None
         self.arch: dict[str, Any] = {}
 
     def _resize(self, logits: Tensor, size: tuple[int, int]) -> Tensor:

@@ -1,0 +1,689 @@
+"""Pictures people would rather look at than read: label maps, overlays, comparison grids and charts.
+
+Two kinds of output live here:
+
+* **Images** (:func:`colorize`, :func:`label_to_palette_png`, :func:`overlay`, :func:`legend`,
+  :func:`comparison_grid`) are built with PIL and numpy only, so they work wherever fcnkit itself does.
+* **Charts** (:func:`plot_learning_curves`, :func:`plot_confusion_matrix`, :func:`plot_per_class_iou`) need
+  matplotlib, which is an optional dependency: it is imported inside those functions, and a missing
+  install raises an ImportError that says ``pip install matplotlib``.
+
+Conventions shared by every function:
+
+* a label map is an integer ``(H, W)`` numpy array or tensor of class indices;
+* an image is a ``uint8`` ``(3, H, W)`` tensor (what the datasets return), a ``uint8`` ``(H, W, 3)`` array,
+  or a PIL image;
+* a palette is a sequence of ``(r, g, b)`` tuples in 0..255, one per class (``SegmentationDataset.palette``);
+* pixels equal to ``ignore_index`` are drawn in :data:`IGNORE_COLOUR`, a dark neutral grey ``(96, 96, 96)``.
+  Black would be mistaken for VOC's background class and mid grey ``(128, 128, 128)`` for CamVid's sky;
+  ``(96, 96, 96)`` is in neither palette nor in the 256-entry VOC colour map.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "GRID_GAP",
+    "GRID_TITLE_HEIGHT",
+    "IGNORE_COLOUR",
+    "colorize",
+    "comparison_grid",
+    "label_to_palette_png",
+    "legend",
+    "overlay",
+    "plot_confusion_matrix",
+    "plot_learning_curves",
+    "plot_per_class_iou",
+]
+
+RGB = tuple[int, int, int]
+PathLike = str | os.PathLike[str]
+LabelLike = np.ndarray | Tensor
+ImageLike = np.ndarray | Tensor | Image.Image
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+#: Colour of ``ignore_index`` pixels in every picture (see the module docstring for why this grey).
+IGNORE_COLOUR: RGB = (96, 96, 96)
+#: White space (px) around and between the cells of :func:`comparison_grid`.
+GRID_GAP = 4
+#: Height (px) of the column-title strip at the top of :func:`comparison_grid`.
+GRID_TITLE_HEIGHT = 24
+
+_WHITE: RGB = (255, 255, 255)
+_TEXT: RGB = (20, 20, 20)
+_OUTLINE: RGB = (60, 60, 60)
+
+
+# --- input normalisation -----------------------------------------------------------------------------
+
+
+def _as_label(label: LabelLike, what: str = "label") -> np.ndarray:
+    """Any integer ``(H, W)`` array or tensor -> int64 numpy ``(H, W)``; anything else is refused."""
+    arr = label.detach().cpu().numpy() if isinstance(label, Tensor) else np.asarray(label)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be (H, W), got shape {tuple(arr.shape)}")
+    # Rounding float scores or logits into "classes" would draw nonsense without complaint.
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise TypeError(f"{what} must hold integer class indices, got {arr.dtype} (use logits.argmax(0) first)")
+    return arr.astype(np.int64, copy=False)
+
+
+def _as_image(image: ImageLike) -> np.ndarray:
+    """A photo as ``uint8`` ``(H, W, 3)``: from a ``(3, H, W)`` uint8 tensor, an ``(H, W, 3)`` array or PIL."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"an image tensor must be (3, H, W), got {tuple(image.shape)}")
+        if image.dtype != torch.uint8:
+            # Normalised network inputs are floats around 0; drawing them as pixels gives a black square.
+            raise TypeError(
+                f"an image tensor must be uint8 RGB, got {image.dtype}; undo the normalisation first, e.g. "
+                "preprocessing.invert(x).round().clamp(0, 255).to(torch.uint8)"
+            )
+        return np.ascontiguousarray(image.detach().cpu().permute(1, 2, 0).numpy())
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"an image array must be (H, W, 3), got shape {tuple(arr.shape)}")
+    if arr.dtype != np.uint8:
+        raise TypeError(f"an image array must be uint8, got {arr.dtype}")
+    return arr
+
+
+def _palette_array(palette: Sequence[RGB]) -> np.ndarray:
+    """Palette -> ``uint8`` ``(K, 3)``, checking that every entry is an RGB triple in 0..255."""
+    pal = np.asarray(palette, dtype=np.int64)
+    if pal.ndim != 2 or pal.shape[1] != 3 or len(pal) == 0:
+        raise ValueError(f"palette must be a non-empty list of (r, g, b) triples, got shape {tuple(pal.shape)}")
+    if pal.min() < 0 or pal.max() > 255:
+        raise ValueError("palette colours must lie in 0..255")
+    return pal.astype(np.uint8)
+
+
+def _describe(values: np.ndarray, limit: int = 8) -> str:
+    """A short list of the distinct offending values for an error message."""
+    unique = np.unique(values)
+    shown = ", ".join(str(v) for v in unique[:limit])
+    return shown + (f", ... ({len(unique)} distinct)" if len(unique) > limit else "")
+
+
+# --- label maps as images ----------------------------------------------------------------------------
+
+
+def _colour_array(lab: np.ndarray, pal: np.ndarray, ignore_index: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(H, W)`` int64 labels -> ``(H, W, 3)`` uint8 colours and the ``(H, W)`` bool ignore mask."""
+    ignored = lab == ignore_index if ignore_index is not None else np.zeros(lab.shape, dtype=bool)
+    outside = ((lab < 0) | (lab >= len(pal))) & ~ignored
+    if outside.any():
+        hint = "" if ignore_index is not None else " (pass ignore_index for a void value such as 255)"
+        raise ValueError(
+            f"label holds value(s) {_describe(lab[outside])} with no palette colour; "
+            f"the palette covers 0..{len(pal) - 1}{hint}"
+        )
+    rgb = pal[np.where(ignored, 0, lab)]  # index 0 is a placeholder; those pixels are overwritten next
+    rgb[ignored] = IGNORE_COLOUR
+    return rgb, ignored
+
+
+def colorize(label: LabelLike, palette: Sequence[RGB], ignore_index: int | None = None) -> Image.Image:
+    """Draw a label map in its class colours.
+
+    Args:
+        label: ``(H, W)`` integer class indices (numpy array or tensor).
+        palette: one ``(r, g, b)`` per class; ``label`` values must index into it.
+        ignore_index: value drawn in :data:`IGNORE_COLOUR` (dark grey) instead of a class colour.
+
+    Returns:
+        An RGB image of size ``(W, H)``.
+
+    Raises:
+        ValueError: a value other than ``ignore_index`` has no palette entry (a silent colour would hide a
+            wrong class mapping).
+    """
+    rgb, _ = _colour_array(_as_label(label), _palette_array(palette), ignore_index)
+    return Image.fromarray(np.ascontiguousarray(rgb))
+
+
+def label_to_palette_png(label: LabelLike, palette: Sequence[RGB], *, ignore_index: int | None = None) -> Image.Image:
+    """A mode ``"P"`` image whose pixel values are the class indices, with the palette attached.
+
+    This is the VOC label format: viewers show colours, while ``np.array(Image.open(path))`` gives back
+    ``label`` exactly. Save it as PNG (lossless); JPEG would destroy the indices.
+
+    Args:
+        label: ``(H, W)`` integer class indices in 0..255 (a palette image stores one byte per pixel).
+        palette: up to 256 ``(r, g, b)`` colours; padded with black to the full 256 entries.
+        ignore_index: if given and beyond the palette (e.g. 255), that entry is set to :data:`IGNORE_COLOUR`
+            so void pixels show grey rather than padding black.
+
+    Returns:
+        A ``"P"`` image of size ``(W, H)`` with a 256-entry palette.
+    """
+    lab = _as_label(label)
+    pal = _palette_array(palette)
+    if len(pal) > 256:
+        raise ValueError(f"a palette image holds at most 256 colours, got {len(pal)}")
+    outside = (lab < 0) | (lab > 255)
+    if outside.any():
+        raise ValueError(f"a palette image stores values 0..255 only; label holds {_describe(lab[outside])}")
+    full = np.zeros((256, 3), dtype=np.uint8)
+    full[: len(pal)] = pal
+    if ignore_index is not None and len(pal) <= ignore_index <= 255:
+        full[ignore_index] = IGNORE_COLOUR
+    height, width = lab.shape
+    # frombytes keeps the raw bytes as indices; going through an "L" image and convert("P") would quantise.
+    img = Image.frombytes("P", (width, height), np.ascontiguousarray(lab.astype(np.uint8)).tobytes())
+    img.putpalette(full.reshape(-1).tolist())
+    return img
+
+
+def overlay(
+    image: ImageLike,
+    label: LabelLike,
+    palette: Sequence[RGB],
+    alpha: float = 0.5,
+    ignore_index: int | None = None,
+) -> Image.Image:
+    """Blend the class colours over a photo: ``out = (1 - alpha) * image + alpha * colour``.
+
+    Args:
+        image: ``uint8`` ``(3, H, W)`` tensor, ``uint8`` ``(H, W, 3)`` array or PIL image.
+        label: ``(H, W)`` integer class indices, same size as ``image``.
+        palette: one ``(r, g, b)`` per class.
+        alpha: colour weight in 0..1 (0 gives the photo back, 1 the plain colours).
+        ignore_index: pixels with this value keep the photo untouched, so void regions stay readable.
+
+    Returns:
+        An RGB image of size ``(W, H)``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    img = _as_image(image)
+    lab = _as_label(label)
+    if img.shape[:2] != lab.shape:
+        raise ValueError(f"image is {img.shape[:2]} (H, W) but label is {lab.shape}")
+    colours, ignored = _colour_array(lab, _palette_array(palette), ignore_index)
+    # float32 blend then round: alpha=0 and alpha=1 reproduce their input exactly.
+    blend = img.astype(np.float32) * (1.0 - alpha) + colours.astype(np.float32) * alpha
+    out = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+    out[ignored] = img[ignored]
+    return Image.fromarray(out)
+
+
+# --- legend and grid ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _font(size: int = 13) -> Font:
+    """PIL's built-in font: scalable on Pillow >= 10.1, the fixed bitmap font on older versions."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no size argument
+        return ImageFont.load_default()
+
+
+def _text_box(font: Font, text: str) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` of ``text`` drawn at the origin."""
+    if hasattr(font, "getbbox"):
+        left, top, right, bottom = font.getbbox(text)
+        return int(left), int(top), int(right), int(bottom)
+    width, height = font.getsize(text)  # Pillow < 9.2 bitmap fonts
+    return 0, 0, int(width), int(height)
+
+
+def _text_size(font: Font, text: str) -> tuple[int, int]:
+    """Width and height (px) of ``text``."""
+    left, top, right, bottom = _text_box(font, text)
+    return right - left, bottom - top
+
+
+def _draw_text(draw: ImageDraw.ImageDraw, x: float, cy: float, text: str, font: Font, centre_x: bool) -> None:
+    """Draw ``text`` vertically centred on ``cy``, starting at ``x`` or centred on it.
+
+    Done by hand rather than with ``anchor=`` because Pillow's bitmap fallback font does not support anchors.
+    The vertical centre comes from "Ag" so that every line sits at the same height whatever its letters.
+    """
+    left, _, right, _ = _text_box(font, text)
+    _, top, _, bottom = _text_box(font, "Ag")
+    x0 = x - (left + right) / 2 if centre_x else x - left
+    draw.text((round(x0), round(cy - (top + bottom) / 2)), text, fill=_TEXT, font=font)
+
+
+def legend(
+    classes: Sequence[str],
+    palette: Sequence[RGB],
+    *,
+    max_width: int | None = None,
+    ignore_label: str | None = None,
+) -> Image.Image:
+    """A key of colour swatches and class names on white.
+
+    Entries run down the columns in class order. Without ``max_width`` there is one column; with it, as
+    many columns as fit in that width (at least one, so a very long name can still exceed it).
+
+    Args:
+        classes: ``C`` class names.
+        palette: at least ``C`` colours; entry ``i`` belongs to ``classes[i]``.
+        max_width: widest the legend may be (px), to spread it under a grid.
+        ignore_label: if given, one more entry with :data:`IGNORE_COLOUR` under this name.
+
+    Returns:
+        An RGB image; its size depends on the names, the font and ``max_width``.
+    """
+    pal = _palette_array(palette)
+    if len(pal) < len(classes):
+        raise ValueError(f"palette has {len(pal)} colours for {len(classes)} classes")
+    entries: list[tuple[str, RGB]] = [
+        (name, (int(pal[i, 0]), int(pal[i, 1]), int(pal[i, 2]))) for i, name in enumerate(classes)
+    ]
+    if ignore_label is not None:
+        entries.append((ignore_label, IGNORE_COLOUR))
+    if not entries:
+        raise ValueError("legend needs at least one class")
+
+    font = _font()
+    _, line_h = _text_size(font, "Ag")  # one height for every row, whatever letters the names hold
+    swatch = line_h + 2
+    pad, col_gap, row_gap, text_gap = 6, 14, 4, 6
+    text_w = max(_text_size(font, name)[0] for name, _ in entries)
+    entry_w = swatch + text_gap + text_w
+    row_h = max(swatch, line_h) + row_gap
+
+    n = len(entries)
+    columns = 1 if max_width is None else max(1, (max_width - 2 * pad + col_gap) // (entry_w + col_gap))
+    rows = math.ceil(n / min(columns, n))
+    columns = math.ceil(n / rows)  # filling column-major can leave trailing columns empty; drop them
+
+    width = 2 * pad + columns * entry_w + (columns - 1) * col_gap
+    height = 2 * pad + rows * row_h - row_gap
+    img = Image.new("RGB", (width, height), _WHITE)
+    draw = ImageDraw.Draw(img)
+    for i, (name, colour) in enumerate(entries):
+        x = pad + (i // rows) * (entry_w + col_gap)
+        y = pad + (i % rows) * row_h
+        # The outline keeps white or near-white class colours visible against the background.
+        draw.rectangle([x, y, x + swatch - 1, y + swatch - 1], fill=colour, outline=_OUTLINE)
+        _draw_text(draw, x + swatch + text_gap, y + swatch / 2, name, font, centre_x=False)
+    return img
+
+
+def comparison_grid(
+    images: Sequence[ImageLike],
+    labels: Sequence[LabelLike],
+    preds: Sequence[LabelLike],
+    palette: Sequence[RGB],
+    classes: Sequence[str] | None = None,
+    ignore_index: int | None = None,
+    *,
+    cell_height: int = 160,
+) -> Image.Image:
+    """One row per sample with the columns image | ground truth | prediction, then the legend below.
+
+    Every cell is scaled to ``cell_height`` keeping the sample's aspect ratio (bilinear for the photo,
+    nearest for the label maps so no in-between colours appear). Narrower samples are centred in a column
+    as wide as the widest one.
+
+    Layout, for ``N`` samples whose widest scaled cell is ``cw = round(W * cell_height / H)`` px:
+
+    * grid width  ``3 * cw + 4 * GRID_GAP``
+    * grid height ``GRID_TITLE_HEIGHT + N * (cell_height + GRID_GAP)``
+    * the :func:`legend` (``max_width`` = grid width, plus an ``"ignored"`` entry when ``ignore_index`` is
+      set) is pasted underneath, so the picture is ``max(grid width, legend width)`` wide and
+      ``grid height + legend height`` tall. With ``classes=None`` there is no legend.
+
+    Args:
+        images: ``N`` photos, each ``uint8`` ``(3, H, W)`` (or any form :func:`overlay` takes).
+        labels: ``N`` ground-truth ``(H, W)`` maps, same sizes as the images.
+        preds: ``N`` predicted ``(H, W)`` maps, same sizes as the images.
+        palette: one ``(r, g, b)`` per class.
+        classes: class names for the legend.
+        ignore_index: drawn in :data:`IGNORE_COLOUR` in both label columns.
+        cell_height: height of every cell (px).
+
+    Returns:
+        An RGB image.
+    """
+    n = len(images)
+    if n == 0:
+        raise ValueError("comparison_grid needs at least one sample")
+    if len(labels) != n or len(preds) != n:
+        raise ValueError(f"got {n} images, {len(labels)} labels and {len(preds)} predictions")
+    if cell_height < 1:
+        raise ValueError(f"cell_height must be positive, got {cell_height}")
+    pal = _palette_array(palette)
+
+    rows: list[tuple[Image.Image, Image.Image, Image.Image]] = []
+    for i in range(n):
+        img = _as_image(images[i])
+        lab = _as_label(labels[i], f"labels[{i}]")
+        pred = _as_label(preds[i], f"preds[{i}]")
+        if not (img.shape[:2] == lab.shape == pred.shape):
+            raise ValueError(f"sample {i}: image {img.shape[:2]}, label {lab.shape} and prediction {pred.shape} differ")
+        h, w = lab.shape
+        size = (max(1, round(w * cell_height / h)), cell_height)
+        rows.append(
+            (
+                Image.fromarray(img).resize(size, Image.BILINEAR),
+                Image.fromarray(_colour_array(lab, pal, ignore_index)[0]).resize(size, Image.NEAREST),
+                Image.fromarray(_colour_array(pred, pal, ignore_index)[0]).resize(size, Image.NEAREST),
+            )
+        )
+
+    cell_w = max(cells[0].width for cells in rows)
+    grid_w = 3 * cell_w + 4 * GRID_GAP
+    grid_h = GRID_TITLE_HEIGHT + n * (cell_height + GRID_GAP)
+    key = None
+    if classes is not None:
+        key = legend(classes, palette, max_width=grid_w, ignore_label="ignored" if ignore_index is not None else None)
+
+    canvas = Image.new("RGB", (max(grid_w, key.width if key else 0), grid_h + (key.height if key else 0)), _WHITE)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(14)
+    for c, title in enumerate(("image", "ground truth", "prediction")):
+        centre_x = GRID_GAP + c * (cell_w + GRID_GAP) + cell_w / 2
+        _draw_text(draw, centre_x, GRID_TITLE_HEIGHT / 2, title, font, centre_x=True)
+    for r, cells in enumerate(rows):
+        y = GRID_TITLE_HEIGHT + r * (cell_height + GRID_GAP)
+        for c, cell in enumerate(cells):
+            x = GRID_GAP + c * (cell_w + GRID_GAP) + (cell_w - cell.width) // 2
+            canvas.paste(cell, (x, y))
+    if key is not None:
+        canvas.paste(key, (0, grid_h))
+    return canvas
+
+
+# --- charts (matplotlib) -----------------------------------------------------------------------------
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    """A matplotlib Figure that is not registered with pyplot, so it is freed when it goes out of scope."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("fcnkit's charts need matplotlib: pip install matplotlib") from e
+    # Headless rendering. Once pyplot is imported (a notebook, a user's script) switching the backend would
+    # close the user's open figures, so only choose it when nobody has yet; Figure.savefig renders PNG with
+    # Agg whatever the backend is.
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _save(fig: Figure, out_png: PathLike) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100, facecolor="white")
+    return out
+
+
+def _read_run_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training and evaluation records of a ``metrics.jsonl``, each sorted by step.
+
+    A resumed run appends records for steps it had already logged before the crash; keeping the last
+    record per step follows the history that produced the final weights and draws one clean line.
+    """
+    lines = path.read_text().splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    train: dict[int, dict[str, Any]] = {}
+    val: dict[int, dict[str, Any]] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == last:  # a run still being written can end in a half-written line
+                warnings.warn(f"{path}:{i + 1}: skipping an incomplete last line", stacklevel=3)
+                continue
+            raise ValueError(f"{path}:{i + 1}: not a JSON record ({e.msg})") from None
+        if not isinstance(record, dict) or "step" not in record:
+            raise ValueError(f"{path}:{i + 1}: expected a JSON object with a 'step' key")
+        step = int(record["step"])
+        if isinstance(record.get("val"), dict):
+            val[step] = record
+        elif "loss_total" in record or "lr" in record:
+            train[step] = record
+        # other record kinds (none today) are left alone rather than refused, so old plots keep working
+    return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
+
+
+def _no_data(ax: Any, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.45", fontsize=11)
+
+
+def plot_learning_curves(metrics_jsonl: PathLike, out_png: PathLike) -> Path:
+    """Three panels from a run's ``metrics.jsonl``: training loss, learning rate and val mIoU (%) vs step.
+
+    The loss panel shows ``loss_total``, plus ``loss_main`` and any other ``loss_*`` part (``loss_aux``)
+    when the run had more than one. A log without evaluation records (a run still in its first epoch)
+    gets an empty mIoU panel saying so.
+
+    Args:
+        metrics_jsonl: the JSON-lines log written by ``fcnkit.engine.train`` into the run directory.
+        out_png: where to write the PNG (parent folders are created).
+
+    Returns:
+        ``out_png`` as a Path. The picture is 1500 x 400 px.
+    """
+    path = Path(metrics_jsonl)
+    train, val = _read_run_log(path)
+    if not train and not val:
+        raise ValueError(f"{path} holds no training or evaluation records")
+
+    fig = _new_figure((15, 4))
+    ax_loss, ax_lr, ax_val = fig.subplots(1, 3, sharex=True)
+    fig.suptitle(f"{path.parent.name or path.name}: learning curves")
+
+    steps = [r["step"] for r in train]
+    loss_keys = sorted(
+        {k for r in train for k in r if k.startswith("loss_")}, key=lambda k: (k != "loss_total", k != "loss_main", k)
+    )
+    if loss_keys == ["loss_total", "loss_main"]:
+        loss_keys = ["loss_total"]  # without extra terms main == total; one line says it all
+    for key in loss_keys:
+        ys = [float(r.get(key, math.nan)) for r in train]  # NaN leaves a gap where a part was not logged
+        main_line = key == "loss_total"
+        ax_loss.plot(steps, ys, label=key.removeprefix("loss_"), linewidth=1.8 if main_line else 1.0)
+    if len(loss_keys) > 1:
+        ax_loss.legend(fontsize=9)
+    if not train:
+        _no_data(ax_loss, "no training records")
+    ax_loss.set(title="training loss", xlabel="step", ylabel="loss")
+
+    if train:
+        ax_lr.plot(steps, [float(r.get("lr", math.nan)) for r in train], color="C2")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    else:
+        _no_data(ax_lr, "no training records")
+    ax_lr.set(title="learning rate", xlabel="step", ylabel="lr")
+
+    if val:
+        val_steps = [r["step"] for r in val]
+        miou = [100.0 * float(r["val"].get("miou", math.nan)) for r in val]
+        ax_val.plot(val_steps, miou, "o-", color="C3", markersize=4)
+        finite = [(m, s) for m, s in zip(miou, val_steps, strict=True) if not math.isnan(m)]
+        if finite:
+            best, best_step = max(finite)
+            ax_val.plot([best_step], [best], "*", color="C3", markersize=12)
+            # mIoU curves rise from lower left to upper right, so the lower right corner is usually free.
+            ax_val.text(
+                0.97, 0.05, f"best {best:.2f} @ step {best_step}", transform=ax_val.transAxes, ha="right", fontsize=9
+            )
+    else:
+        _no_data(ax_val, "no evaluation records yet")
+        ax_val.set_ylim(0, 100)
+    ax_val.set(title="validation mIoU", xlabel="step", ylabel="mIoU (%)")
+
+    for ax in (ax_loss, ax_lr, ax_val):
+        ax.grid(alpha=0.3)
+    return _save(fig, out_png)
+
+
+def _compact(count: float) -> str:
+    """Pixel counts run into the millions; ``1234567 -> '1.2M'``, ``847600 -> '848k'`` fit inside a cell."""
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(count) >= limit:
+            scaled = count / limit
+            return f"{scaled:.0f}{suffix}" if abs(scaled) >= 100 else f"{scaled:.1f}{suffix}"
+    return f"{count:.0f}"
+
+
+def _percent_cell(share: float) -> str:
+    """A share in 0..1 as whole percent; a rare confusion would round to "0", which reads like "never"."""
+    return f"{100 * share:.0f}" if share >= 0.005 else "<1"
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray | Tensor,
+    classes: Sequence[str],
+    out_png: PathLike,
+    normalize: Literal["true", "pred", "all"] | None = "true",
+) -> Path:
+    """A heat map of a ``(C, C)`` confusion matrix (rows ground truth, columns prediction, as in metrics).
+
+    Args:
+        matrix: ``(C, C)`` pixel counts, ``matrix[t, p]`` = pixels of class ``t`` predicted as ``p``.
+        classes: ``C`` names, shown on both axes.
+        out_png: where to write the PNG (parent folders are created).
+        normalize: ``"true"`` divides each row by its total (the recall view: where do class ``t``'s pixels
+            go), ``"pred"`` each column, ``"all"`` the whole matrix, ``None`` shows raw counts. Rows or
+            columns with no pixels are drawn light grey.
+
+    When ``C <= 25`` every non-empty cell is written in: whole percent when normalised (``<1`` for a
+    non-zero share below 0.5 %), compact counts (``1.2M``) otherwise; cells with zero pixels are left blank
+    so the mistakes that do happen stand out.
+
+    Returns:
+        ``out_png`` as a Path.
+    """
+    counts = (matrix.detach().cpu().numpy() if isinstance(matrix, Tensor) else np.asarray(matrix)).astype(np.float64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"matrix must be (C, C), got shape {tuple(counts.shape)}")
+    c = counts.shape[0]
+    if len(classes) != c:
+        raise ValueError(f"got {len(classes)} class names for a {c}x{c} matrix")
+    if normalize not in ("true", "pred", "all", None):
+        raise ValueError(f"normalize must be 'true', 'pred', 'all' or None, got {normalize!r}")
+
+    if normalize is None:
+        shown = counts
+    else:
+        total = {"true": counts.sum(1, keepdims=True), "pred": counts.sum(0, keepdims=True), "all": counts.sum()}[
+            normalize
+        ]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shown = np.where(total > 0, counts / total, np.nan)  # an empty row has no distribution to show
+
+    side = float(np.clip(3.0 + 0.45 * c, 6.0, 24.0))
+    fig = _new_figure((side + 1.2, side))  # first, so a missing matplotlib gets the friendly message
+    import matplotlib
+    from matplotlib.ticker import FuncFormatter, PercentFormatter
+
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="0.88")
+    vmax = 1.0 if normalize is not None else max(float(np.nanmax(counts)), 1.0)
+    im = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
+    bar = fig.colorbar(im, ax=ax, shrink=0.8)
+    if normalize is not None:
+        bar.ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    else:
+        bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _compact(v)))
+
+    # Tick labels shrink with the number of classes so that 150 (ADE20K) still fit beside each other.
+    cell_pt = side * 0.75 * 72 / c
+    tick_pt = float(np.clip(cell_pt * 0.6, 4.0, 10.0))
+    ax.set_xticks(range(c), classes, rotation=45, ha="right", rotation_mode="anchor", fontsize=tick_pt)
+    ax.set_yticks(range(c), classes, fontsize=tick_pt)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("ground-truth class")
+    what = {"true": "% of each ground-truth class", "pred": "% of each predicted class", "all": "% of all pixels"}
+    ax.set_title(f"confusion matrix ({what[normalize]})" if normalize else "confusion matrix (pixels)")
+
+    if c <= 25:
+        text_pt = float(np.clip(cell_pt * 0.33, 6.0, 10.0))
+        for t in range(c):
+            for p in range(c):
+                if counts[t, p] == 0 or np.isnan(shown[t, p]):
+                    continue
+                value = shown[t, p]
+                text = _compact(value) if normalize is None else _percent_cell(value)
+                dark = value > 0.55 * vmax  # white on the dark end of the colour map, black elsewhere
+                ax.text(p, t, text, ha="center", va="center", fontsize=text_pt, color="white" if dark else "black")
+    return _save(fig, out_png)
+
+
+def plot_per_class_iou(
+    iou: np.ndarray | Tensor,
+    classes: Sequence[str],
+    out_png: PathLike,
+    palette: Sequence[RGB] | None = None,
+) -> Path:
+    """A horizontal bar per class with its IoU in %, and the mIoU (NaN-mean) as a dashed line.
+
+    Args:
+        iou: ``(C,)`` IoU in 0..1, NaN for classes excluded from the mean (``SegMetrics.iou``).
+        classes: ``C`` names, listed top to bottom in class order.
+        out_png: where to write the PNG (parent folders are created).
+        palette: colours the bars with the class colours (outlined, so white classes still show);
+            one colour for all bars when omitted.
+
+    Excluded (NaN) classes get no bar and the text ``n/a``, so they cannot be read as a score of 0.
+
+    Returns:
+        ``out_png`` as a Path. The picture is 800 px wide and grows with ``C``.
+    """
+    values = (iou.detach().cpu().numpy() if isinstance(iou, Tensor) else np.asarray(iou)).astype(np.float64)
+    values = values.reshape(-1)
+    c = len(values)
+    if len(classes) != c:
+        raise ValueError(f"got {len(classes)} class names for {c} IoU values")
+    colours: Any = "C0"
+    if palette is not None:
+        pal = _palette_array(palette)
+        if len(pal) < c:
+            raise ValueError(f"palette has {len(pal)} colours for {c} classes")
+        colours = pal[:c] / 255.0
+
+    pct = 100.0 * values
+    fig = _new_figure((8.0, float(np.clip(1.2 + 0.32 * c, 3.0, 48.0))))
+    ax = fig.subplots()
+    y = np.arange(c)
+    ax.barh(y, np.nan_to_num(pct, nan=0.0), color=colours, edgecolor="0.25", linewidth=0.6)
+    ax.set_yticks(y, classes, fontsize=9 if c <= 40 else 7)
+    ax.invert_yaxis()  # class 0 at the top, like a table
+    for i, v in enumerate(pct):
+        if np.isnan(v):
+            ax.text(1.0, i, "n/a", va="center", ha="left", fontsize=9, color="0.4", style="italic")
+        else:
+            ax.text(v + 1.0, i, f"{v:.1f}", va="center", ha="left", fontsize=8)
+    title = "per-class IoU"
+    if np.isfinite(pct).any():
+        miou = float(np.nanmean(pct))
+        # The mean goes in the title rather than a legend box, which could cover a long bar.
+        ax.axvline(miou, color="0.2", linestyle="--", linewidth=1.0)
+        title += f" (dashed: mIoU {miou:.2f})"
+    ax.set_xlim(0, 110)  # room right of a 100 % bar for its number
+    ax.set_xticks(range(0, 101, 20))
+    ax.set_xlabel("IoU (%)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out_png)

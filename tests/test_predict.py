@@ -1,0 +1,73 @@
+"""Prediction: Predictor, sliding windows, and `fcnkit predict` on a folder with a corrupt file."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+import fcnkit
+from fcnkit.cli import main
+from fcnkit.inference import Predictor, sliding_window_logits
+from synthetic_data import make_folder_dataset
+
+
+def _checkpoint(tmp_path, num_classes=3):
+    torch.manual_seed(0)
+    model = fcnkit.create_model("fcn_resnet18_d16", num_classes=num_classes).eval()
+    with torch.no_grad():  # a non-trivial head so that different pixels get different classes
+        model.classifier[4].weight.normal_(0, 1.0)
+        model.classifier[4].bias.copy_(torch.tensor([0.5, 0.0, -0.5]))
+    model.classes = ["background", "box", "disc"]
+    model.palette = [(0, 0, 0), (200, 40, 40), (40, 40, 200)]
+    return model, fcnkit.save_checkpoint(tmp_path / "model.pth", model)
+
+
+def test_predict_folder_skips_corrupt_file_and_label_png_equals_argmax(tmp_path, capsys):
+    data = make_folder_dataset(tmp_path / "data", n_train=3, n_val=0, size=(37, 53))
+    images = data / "images" / "train"
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    model, ckpt = _checkpoint(tmp_path)
+    out = tmp_path / "out"
+    assert main(["predict", str(ckpt), str(images), "--out", str(out), "--probs"]) == 1
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err and "wrote 3 of 4 predictions" in captured.out
+    assert not (out / "broken.png").exists()
+    for src in sorted(images.glob("s*.png")):
+        label = np.array(Image.open(out / src.name))
+        assert Image.open(out / src.name).mode == "P"
+        rgb = torch.from_numpy(np.array(Image.open(src).convert("RGB"))).permute(2, 0, 1)
+        with torch.no_grad():
+            expected = model(model.preprocessing(rgb[None]))["out"].argmax(1)[0].numpy()
+        assert label.shape == (37, 53) and np.array_equal(label, expected)
+        overlay = Image.open(out / f"{src.stem}_overlay.jpg")
+        assert overlay.size == (53, 37) and overlay.mode == "RGB"
+        probs = np.load(out / f"{src.stem}_probs.npy")
+        assert probs.shape == (3, 37, 53) and np.allclose(probs.sum(0), 1, atol=1e-2)
+
+
+def test_predictor_handles_modes_and_batches(tmp_path):
+    _, ckpt = _checkpoint(tmp_path)
+    predictor = Predictor(ckpt, batch_size=3)
+    rgb = (torch.rand(3, 30, 41) * 255).to(torch.uint8)
+    single = predictor.predict(rgb).label
+    gray = Image.fromarray(rgb[0].numpy(), "L")
+    assert predictor.predict(gray).label.shape == (30, 41)
+    batched = list(predictor.predict_many([rgb, rgb, rgb, rgb[:, :20]]))
+    assert len(batched) == 4 and batched[3].label.shape == (20, 41)
+    assert all(torch.equal(p.label, single) for p in batched[:3])
+
+
+@torch.no_grad()
+def test_sliding_window_single_tile_and_overlap_average():
+    model = fcnkit.create_model("fcn_resnet18_d16", num_classes=3).eval()
+    x = torch.randn(1, 3, 40, 56)
+    # one window covering the (padded) image = the whole padded image, cropped back
+    expected = model(torch.nn.functional.pad(x, (0, 8, 0, 24)))["out"][..., :40, :56]
+    assert torch.allclose(sliding_window_logits(model, x, 64, 64, 3), expected, atol=1e-5)
+    # 96x96 in 64-pixel tiles at stride 32: windows at (0|32, 0|32); each pixel is the mean of those covering it
+    y = torch.randn(1, 3, 96, 96)
+    total, count = torch.zeros(1, 3, 96, 96), torch.zeros(1, 1, 96, 96)
+    for r, c in [(0, 0), (0, 32), (32, 0), (32, 32)]:
+        total[..., r : r + 64, c : c + 64] += model(y[..., r : r + 64, c : c + 64])["out"]
+        count[..., r : r + 64, c : c + 64] += 1
+    assert count.min() == 1 and count.max() == 4
+    assert torch.allclose(sliding_window_logits(model, y, 64, 32, 3), total / count, atol=1e-5)
