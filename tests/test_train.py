@@ -84,7 +84,15 @@ def test_every_shipped_recipe_loads_and_builds_its_model(recipe):
 def test_train_writes_run_dir_and_eval_prints_metrics(folder_data, tmp_path, capsys):
     out = tmp_path / "run"
     result = train(tiny_config(folder_data, out))
-    assert {"config.yaml", "metrics.jsonl", "last.pth", "best.pth"} <= {p.name for p in out.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "last.pth", "best.pth", "learning_curves.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    grids = sorted((out / "pictures").glob("val_epoch*.png"))
+    assert [g.name for g in grids] == ["val_epoch001.png", "val_epoch002.png"]
+    from PIL import Image
+
+    width, height = Image.open(grids[0]).size
+    assert width > 3 * 48 and height > 4 * 40  # three columns of 4 val images (40x48) plus titles and legend
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["data"]["root"] == str(folder_data) and resolved["optim"]["lr"] == 0.003
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -131,6 +131,8 @@ class TrainConfig:
     #: also write last.pth every N optimizer steps (0: at the end of each epoch only)
     checkpoint_every: int = 0
     log_every: int = 10
+    #: validation images drawn next to their ground truth and prediction at every evaluation (0: no pictures)
+    pictures: int = 4
     tensorboard: bool = False
     #: resume from output_dir/last.pth when it exists
     resume: bool = True

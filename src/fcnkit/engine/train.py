@@ -39,6 +39,7 @@ from .ema import ModelEMA
 from .errors import TrainingDiverged
 from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler
+from .pictures import save_training_pictures
 from .progress import Progress
 
 
@@ -348,6 +349,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             if info.is_main:
                 _log(log_path, {"step": step, "epoch": epoch, "val": metrics.as_dict()})
                 print(f"epoch {epoch}: val mIoU {metrics.miou * 100:.2f}  pixel acc {metrics.pixel_acc * 100:.2f}")
+                if cfg.pictures:
+                    eval_model = ema.module if ema is not None else model
+                    save_training_pictures(eval_model, val_set, run_dir, epoch, cfg.pictures, device)
             if best_miou is None or metrics.miou > best_miou:
                 best_miou = metrics.miou
                 save(best_path, ema.module if ema is not None else None)

@@ -1,0 +1,39 @@
+"""Pictures written during training: a fixed validation grid per evaluation and the learning curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..visualize import comparison_grid, plot_learning_curves
+
+
+@torch.inference_mode()
+def save_validation_grid(model: nn.Module, dataset, out_png: Path, count: int, device: torch.device) -> Path:
+    """Image | ground truth | prediction for the first ``count`` validation samples (the same ones every
+    time, so successive grids show how the predictions evolve)."""
+    was_training = model.training
+    model.eval()
+    images, labels, preds = [], [], []
+    for i in range(min(count, len(dataset))):
+        sample = dataset.load(i) if hasattr(dataset, "load") else dataset[i]
+        image = sample["image"]
+        logits = model(model.preprocessing(image[None].to(device)))["out"]
+        images.append(image)
+        labels.append(sample["label"])
+        preds.append(logits.argmax(1)[0].cpu())
+    model.train(was_training)
+    palette = list(dataset.palette)
+    grid = comparison_grid(images, labels, preds, palette, list(dataset.classes), dataset.ignore_index)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out_png)
+    return out_png
+
+
+def save_training_pictures(model: nn.Module, dataset, run_dir: Path, epoch: int, count: int,
+                           device: torch.device) -> list[Path]:  # fmt: skip
+    written = [save_validation_grid(model, dataset, run_dir / "pictures" / f"val_epoch{epoch:03d}.png", count, device)]
+    written.append(plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curves.png"))
+    return written
