@@ -47,17 +47,24 @@ def test_timm_backbone_weights_file(tmp_path):
     assert torch.equal(model.backbone.body.conv1.weight, src.conv1.weight)
 
 
+@pytest.mark.parametrize("upsample", ["bilinear", "deconv"])
 @torch.no_grad()
-def test_aligned_skip_crop_offsets_center_the_upsampled_map():
-    """With 'same' padding, fusing at offset f/2 keeps a constant-per-position map aligned: scoring a
-    left-right ramp gives an output that increases monotonically along x in the interior."""
-    model = fcnkit.create_model("fcn8s_timm", backbone="resnet18", num_classes=1, upsample="bilinear").eval()
-    ramp = torch.linspace(-1, 1, 96).view(1, 1, 1, 96).expand(1, 3, 64, 96)
-    feats = {i.name: ramp[..., :: i.stride, :: i.stride][:, :1].expand(1, i.channels, -1, -1).contiguous()
-             for i in model.backbone.feature_info}  # fmt: skip
+def test_aligned_skip_fusion_reproduces_a_linear_ramp(upsample):
+    """With "same" padding, pixel j of a stride-s tap is centred on image column j*s + (s-1)/2. Feed every
+    tap that centre coordinate and score it with a mean over channels: if each upsample-and-crop (offset f/2)
+    lines the coarse map up with the finer one, the three fused maps each contribute x, so the output is
+    exactly 3x away from the borders (bilinear interpolation reproduces a linear function). A wrong offset
+    shifts it by a multiple of the stride."""
+    model = fcnkit.create_model("fcn8s_timm", backbone="resnet18", num_classes=1, upsample=upsample).eval()
+    h, w = 64, 96
+    feats = {}
+    for info in model.backbone.feature_info:
+        s = info.stride
+        centres = torch.arange(w // s, dtype=torch.float32) * s + (s - 1) / 2
+        feats[info.name] = centres.view(1, 1, 1, -1).expand(1, info.channels, h // s, w // s).contiguous()
     head = model.classifier
     for layer in (head.score_fr, head.score_pool4, head.score_pool3):
         layer.weight.fill_(1.0 / layer.in_channels)
-    out = head(feats, (64, 96))[0, 0, 32]
-    interior = out[16:-16]
-    assert torch.all(interior[1:] >= interior[:-1] - 1e-5)
+    out = head(feats, (h, w))[0, 0, h // 2]
+    x = torch.arange(w, dtype=torch.float32)
+    assert torch.allclose(out[32:-32], 3 * x[32:-32], atol=1e-3)

@@ -150,10 +150,10 @@ def test_sigkill_then_resume_equals_uninterrupted_run(folder_data, tmp_path):
     a = torch.load(tmp_path / "ref" / "last.pth", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["progress"]["step"] == b["progress"]["step"] == 18
-    for key in ("state_dict",):
-        for name, tensor in a[key].items():
-            assert torch.equal(tensor, b[key][name]), name
-    for name, tensor in a["ema"]["module"].items() if "module" in a["ema"] else []:
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 18
+    for name, tensor in a["ema"]["module"].items():
         assert torch.equal(tensor, b["ema"]["module"][name]), name
 
 
@@ -193,3 +193,20 @@ def test_summed_loss_with_mean_sized_lr_warns(folder_data, tmp_path, capsys):
     with contextlib.suppress(TrainingDiverged):  # a summed loss at lr 0.01 may well blow up
         train(cfg)
     assert "a summed loss needs an lr near 1e-10" in capsys.readouterr().out
+
+
+def test_median_frequency_weights_from_the_training_labels(folder_data, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from fcnkit.engine.train import _class_weights
+
+    cfg = tiny_config(folder_data, tmp_path / "mf", "loss.class_weights=median_frequency")
+    counts = np.zeros(3)
+    for mask in sorted((folder_data / "masks" / "train").glob("*.png")):
+        label = np.array(Image.open(mask))
+        counts += np.bincount(label[label != 255].ravel(), minlength=3)[:3]
+    freq = counts / counts.sum()
+    expected = np.median(freq) / freq  # SegNet's median frequency balancing
+    got = _class_weights(cfg, build_dataset("folder", str(folder_data), "train"))
+    assert np.allclose(got, expected, rtol=1e-6)

@@ -18,7 +18,7 @@ def save_validation_grid(model: nn.Module, dataset, out_png: Path, count: int, d
     model.eval()
     images, labels, preds = [], [], []
     for i in range(min(count, len(dataset))):
-        sample = dataset.load(i) if hasattr(dataset, "load") else dataset[i]
+        sample = dataset.load(i)  # raw uint8 image and label, whatever transform the dataset has
         image = sample["image"]
         logits = model(model.preprocessing(image[None].to(device)))["out"]
         images.append(image)

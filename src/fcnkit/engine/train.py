@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import atomic_save, checkpoint_dict
 from ..config import TrainConfig, dump_config, to_dict
-from ..data import TrainTransform, build_dataset, pad_collate
+from ..data import DataError, TrainTransform, build_dataset, check_dataset, pad_collate
 from ..losses import SegmentationLoss, median_frequency_weights
 from ..metrics import SegMetrics
 from ..models import create_model
@@ -111,12 +111,10 @@ def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 def _class_weights(cfg: TrainConfig, dataset: Any) -> list[float] | None:
     if cfg.loss.class_weights != "median_frequency":
         return cfg.loss.class_weights
-    counts = torch.zeros(dataset.num_classes, dtype=torch.float64)
-    for i in range(len(dataset)):
-        label = dataset[i]["label"]
-        valid = label[label != dataset.ignore_index]
-        counts += torch.bincount(valid.flatten(), minlength=dataset.num_classes)[: dataset.num_classes]
-    return median_frequency_weights(counts).tolist()
+    report = check_dataset(dataset)  # the same pass `fcnkit data check` makes: per-class pixel counts
+    if report.errors:
+        raise DataError(f"cannot compute class weights, {len(report.errors)} bad samples; first: {report.errors[0]}")
+    return median_frequency_weights(torch.tensor(report.class_pixels, dtype=torch.float64)).tolist()
 
 
 def _warn_lr_reduction(cfg: TrainConfig, info: DistInfo) -> None:
