@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 import fcnkit
 from fcnkit.cli import main
@@ -89,7 +90,6 @@ def test_train_writes_run_dir_and_eval_prints_metrics(folder_data, tmp_path, cap
     }
     grids = sorted((out / "pictures").glob("val_epoch*.png"))
     assert [g.name for g in grids] == ["val_epoch001.png", "val_epoch002.png"]
-    from PIL import Image
 
     width, height = Image.open(grids[0]).size
     assert width > 3 * 48 and height > 4 * 40  # three columns of 4 val images (40x48) plus titles and legend
@@ -99,14 +99,29 @@ def test_train_writes_run_dir_and_eval_prints_metrics(folder_data, tmp_path, cap
     assert [r["step"] for r in records if "loss_total" in r] == list(range(1, result.steps + 1))
     val = [r for r in records if "val" in r]
     assert len(val) == 2 and result.best_miou == max(r["val"]["miou"] for r in val)
-    assert main(["eval", str(out / "best.pth"), "--workers", "0"]) == 0
+    pictures = tmp_path / "eval_pictures"
+    assert main(["eval", str(out / "best.pth"), "--workers", "0", "--pictures", str(pictures),
+                 "--json", str(tmp_path / "m.json")]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     for word in ("pixel acc", "mean acc", "mIoU", "fwIoU", "box", "disc"):
         assert word.lower() in printed.lower()
+    for name, min_size in (("confusion_matrix.png", (400, 400)), ("per_class_iou.png", (400, 150))):
+        assert str(pictures / name) in printed
+        width, height = Image.open(pictures / name).size
+        assert width >= min_size[0] and height >= min_size[1]
     # eval of the checkpoint equals the evaluation logged during training
     model = fcnkit.load_checkpoint(out / "best.pth")
-    metrics = evaluate(model, build_dataset("folder", str(folder_data), "val"))
+    val_set = build_dataset("folder", str(folder_data), "val")
+    metrics = evaluate(model, val_set)
     assert metrics.miou == pytest.approx(result.best_miou, abs=1e-12)
+    assert json.loads((tmp_path / "m.json").read_text())["miou"] == pytest.approx(metrics.miou, abs=1e-12)
+    # the matrix behind the pictures counts every labelled pixel once
+    labelled = sum(int((val_set.load(i)["label"] != val_set.ignore_index).sum()) for i in range(len(val_set)))
+    assert int(metrics.matrix.sum()) == labelled and metrics.matrix.shape == (3, 3)
+    # a fresh (not resumed) run in the same directory starts a new log instead of appending to the old one
+    again = train(tiny_config(folder_data, out, "resume=false", "schedule.epochs=1", "pictures=0"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss_total" in r] == list(range(1, again.steps + 1))
 
 
 def test_nan_loss_stops_names_step_and_keeps_last_good_checkpoint(folder_data, tmp_path):
@@ -197,7 +212,6 @@ def test_summed_loss_with_mean_sized_lr_warns(folder_data, tmp_path, capsys):
 
 def test_median_frequency_weights_from_the_training_labels(folder_data, tmp_path):
     import numpy as np
-    from PIL import Image
 
     from fcnkit.engine.train import _class_weights
 

@@ -124,42 +124,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         with open(args.json, "w") as f:
             json.dump(metrics.as_dict(), f, indent=2)
+    if args.pictures:
+        from .engine.pictures import save_evaluation_pictures
+
+        palette = list(dataset.palette) if dataset.palette else None
+        for path in save_evaluation_pictures(metrics, list(dataset.classes), Path(args.pictures), palette):
+            print(f"wrote {path}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .data import voc_palette
-    from .data.io import read_image
-    from .inference import Predictor, expand_inputs
-    from .visualize import label_to_palette_png, overlay
+    from .inference import Predictor, expand_inputs, predict_files
 
     predictor = Predictor(args.model, device=args.device, tile=args.tile, batch_size=1)
-    model = predictor.model
-    palette = list(model.palette or voc_palette(predictor.num_classes))
     paths = expand_inputs(args.inputs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    for path in paths:
-        try:
-            rgb = read_image(path)
-        except (ValueError, OSError) as e:  # one unreadable file must not cost the others
-            failed += 1
-            print(f"skipped {path}: {e}", file=sys.stderr)
-            continue
-        pred = predictor.predict_tensor(rgb, probs=args.probs)[0]
-        label = pred.label.numpy()
-        label_to_palette_png(label, palette).save(out / f"{path.stem}.png")
-        overlay(rgb, label, palette, alpha=args.alpha).save(out / f"{path.stem}_overlay.jpg", quality=92)
-        if args.probs:
-            np.save(out / f"{path.stem}_probs.npy", pred.probs.numpy().astype(np.float16))
-        print(f"{path} -> {out / (path.stem + '.png')}")
+    report = predict_files(predictor, paths, args.out, probs=args.probs, alpha=args.alpha)
+    skipped = len(report.skipped)
     print(
-        f"wrote {len(paths) - failed} of {len(paths)} predictions to {out}" + (f"; {failed} skipped" if failed else "")
+        f"wrote {len(report.written)} of {len(paths)} predictions to {args.out}"
+        + (f"; {skipped} skipped" if skipped else "")
     )
-    return 1 if failed else 0
+    return 1 if skipped else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, epochs=args.epochs, train_images=args.train_images, seed=args.seed,
+                      device=args.device)  # fmt: skip
+    if args.min_miou is not None and result.miou * 100 < args.min_miou:
+        print(f"demo mIoU {result.miou * 100:.2f} is below --min-miou {args.min_miou}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -203,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--pictures", metavar="DIR", help="write confusion_matrix.png and per_class_iou.png into DIR")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="segment images: label PNGs (palette, values = class index) + overlays")
@@ -214,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="generate a dataset, train, evaluate, predict and draw pictures (~4 min on CPU)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--train-images", type=int, default=320)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--min-miou", type=float, help="exit with status 1 when the test mIoU (%%) is lower")
+    p.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="validate a dataset: pairs, sizes, label values, class frequencies")

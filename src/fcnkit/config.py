@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -244,7 +245,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    data = _merge({}, data)
+    """A copy of ``data`` with the dotted overrides applied (``data`` itself is left unchanged)."""
+    data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
         node = data
@@ -258,9 +260,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML recipe (or the defaults), apply ``key=value`` overrides and validate every key."""
-    data = read_yaml(path) if path is not None else {}
-    data = apply_overrides(data, overrides or [])
-    cfg = _build(TrainConfig, data)
+    return config_from_dict(read_yaml(path) if path is not None else {}, overrides)
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
+    """A validated ``TrainConfig`` from a dict with the keys of a YAML recipe (nested, missing keys default)."""
+    cfg = _build(TrainConfig, apply_overrides(data, overrides or []))
     validate(cfg)
     return cfg
 

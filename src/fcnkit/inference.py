@@ -10,7 +10,8 @@ from __future__ import annotations
 import glob
 import math
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .checkpoint import load_checkpoint, read_checkpoint
 from .data.io import read_image
 from .models import Segmenter, create_model
 from .models.weights import looks_like_path
+from .visualize import label_to_palette_png, overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -165,3 +167,52 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
             found += [p for p in matches if p.is_file()]
     seen: set[Path] = set()
     return [p for p in found if not (p in seen or seen.add(p))]
+
+
+@dataclass
+class PredictionReport:
+    """What :func:`predict_files` did: the label PNGs written, and the inputs skipped with the reason."""
+
+    written: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def predict_files(
+    predictor: Predictor,
+    paths: Iterable[Path],
+    out: str | os.PathLike[str],
+    probs: bool = False,
+    alpha: float = 0.5,
+    log: Callable[[str], None] | None = print,
+) -> PredictionReport:
+    """Segment image files into ``out``: for ``name.ext``, ``name.png`` (a palette PNG whose pixel values are
+    class indices), ``name_overlay.jpg`` (the colours over the image) and with ``probs`` ``name_probs.npy``
+    (``(C, H, W)`` float16 softmax).
+
+    A file that cannot be read is skipped and reported (on stderr, and in the returned report); the others
+    are still written.
+    """
+    from .data import voc_palette
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    palette = list(predictor.model.palette or voc_palette(predictor.num_classes))
+    report = PredictionReport([], [])
+    for path in paths:
+        path = Path(path)
+        try:
+            rgb = read_image(path)
+        except (ValueError, OSError) as e:  # one unreadable file must not cost the others
+            report.skipped.append((path, str(e)))
+            print(f"skipped {path}: {e}", file=sys.stderr)
+            continue
+        pred = predictor.predict_tensor(rgb, probs=probs)[0]
+        label = pred.label.numpy()
+        label_to_palette_png(label, palette).save(out / f"{path.stem}.png")
+        overlay(rgb, label, palette, alpha=alpha).save(out / f"{path.stem}_overlay.jpg", quality=92)
+        if probs:
+            np.save(out / f"{path.stem}_probs.npy", pred.probs.numpy().astype(np.float16))
+        report.written.append(out / f"{path.stem}.png")
+        if log is not None:
+            log(f"{path} -> {out / (path.stem + '.png')}")
+    return report

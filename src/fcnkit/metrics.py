@@ -39,6 +39,8 @@ class SegMetrics:
     fwiou: float
     iou: Tensor
     acc: Tensor
+    #: the ``(C, C)`` int64 confusion matrix these numbers came from (rows ground truth, columns prediction)
+    matrix: Tensor | None = None
 
     def as_dict(self) -> dict[str, float | list[float]]:
         """Plain Python values, ready for JSON or a logger: the four floats plus ``iou``/``acc`` lists."""
@@ -101,7 +103,15 @@ def metrics_from_matrix(matrix: Tensor) -> SegMetrics:
         fwiou = float((freq[present] * iou[present]).sum())
     else:
         pixel_acc = fwiou = math.nan
-    return SegMetrics(pixel_acc=pixel_acc, mean_acc=_nanmean(acc), miou=_nanmean(iou), fwiou=fwiou, iou=iou, acc=acc)
+    return SegMetrics(
+        pixel_acc=pixel_acc,
+        mean_acc=_nanmean(acc),
+        miou=_nanmean(iou),
+        fwiou=fwiou,
+        iou=iou,
+        acc=acc,
+        matrix=matrix.detach().to("cpu", torch.int64),
+    )
 
 
 def miou_zero_for_absent(matrix: Tensor) -> float:

@@ -1,4 +1,8 @@
-"""Pictures written during training: a fixed validation grid per evaluation and the learning curves."""
+"""Pictures written by training and evaluation.
+
+Training: a fixed validation grid per evaluation and the learning curves. Evaluation: the confusion matrix
+(row-normalised) and a per-class IoU bar chart.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..visualize import comparison_grid, plot_learning_curves
+from ..metrics import SegMetrics
+from ..visualize import RGB, comparison_grid, plot_confusion_matrix, plot_learning_curves, plot_per_class_iou
 
 
 @torch.inference_mode()
@@ -37,3 +42,15 @@ def save_training_pictures(model: nn.Module, dataset, run_dir: Path, epoch: int,
     written = [save_validation_grid(model, dataset, run_dir / "pictures" / f"val_epoch{epoch:03d}.png", count, device)]
     written.append(plot_learning_curves(run_dir / "metrics.jsonl", run_dir / "learning_curves.png"))
     return written
+
+
+def save_evaluation_pictures(metrics: SegMetrics, classes: list[str], out_dir: Path,
+                             palette: list[RGB] | None = None) -> list[Path]:  # fmt: skip
+    """``confusion_matrix.png`` (each ground-truth row in %) and ``per_class_iou.png`` in ``out_dir``."""
+    if metrics.matrix is None:
+        raise ValueError("these metrics carry no confusion matrix (build them with metrics_from_matrix)")
+    out_dir = Path(out_dir)
+    return [
+        plot_confusion_matrix(metrics.matrix, classes, out_dir / "confusion_matrix.png", normalize="true"),
+        plot_per_class_iou(metrics.iou, classes, out_dir / "per_class_iou.png", palette=palette),
+    ]

@@ -239,6 +239,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     elif info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
+        log_path.unlink(missing_ok=True)  # a fresh run must not append to an older run's log
     barrier(info)
 
     writer = None
