@@ -255,7 +255,9 @@ def test_read_label_sbd_mat(tmp_path):
 
 
 def test_registry_names_and_errors(tmp_path):
-    assert set(list_datasets()) == {"voc2012", "sbd", "voc_trainaug", "seg11valid", "camvid", "folder"}
+    assert set(list_datasets()) == {
+        "voc2012", "sbd", "voc_trainaug", "seg11valid", "camvid", "folder", "pascal_context", "ade20k", "cityscapes",
+    }  # fmt: skip
     assert list_datasets() == DATASETS.names()
     with pytest.raises(KeyError, match="camvid"):
         build_dataset("camvd", tmp_path, "train")

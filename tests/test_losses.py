@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fcnkit.losses import SegmentationLoss, median_frequency_weights
+from fcnkit.losses import SegmentationLoss, class_presence, median_frequency_weights
 
 IGNORE = 255
 
@@ -74,6 +74,33 @@ def test_aux_ignored_when_weight_is_zero():
     loss, parts = SegmentationLoss()({"out": logits, "aux": aux}, target)
     torch.testing.assert_close(loss, F.cross_entropy(logits, target, ignore_index=IGNORE))
     assert "aux" not in parts
+
+
+def test_class_presence_by_hand():
+    target = torch.tensor([[[0, 0, 2], [255, 2, 2]], [[255, 255, 255], [255, 255, 255]], [[3, 1, 255], [1, 1, 0]]])
+    expected = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 0, 1]], dtype=torch.float32)
+    assert torch.equal(class_presence(target, 4, IGNORE), expected)
+    with pytest.raises(ValueError, match="outside"):
+        class_presence(torch.tensor([[[4]]]), 4, IGNORE)
+
+
+def test_se_loss_is_weighted_bce_on_class_presence():
+    logits, target = make_batch(5)
+    target[1] = torch.where(target[1] == 3, IGNORE, target[1])  # image 1 lacks class 3
+    se = torch.randn(2, 4, requires_grad=True)
+    loss, parts = SegmentationLoss(se_weight=0.2)({"out": logits, "se": se}, target)
+    presence = torch.tensor([[float((target[b] == c).any()) for c in range(4)] for b in range(2)])
+    assert presence[1, 3] == 0 and presence[0].sum() == 4
+    # the binary cross-entropy written out: -(y log s + (1 - y) log(1 - s)), averaged over B x C
+    sig = se.detach().sigmoid()
+    bce = -(presence * sig.log() + (1 - presence) * (1 - sig).log()).mean()
+    main = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    torch.testing.assert_close(loss, main + 0.2 * bce)
+    assert parts["se"] == pytest.approx(bce.item(), rel=1e-5)
+    loss.backward()
+    assert se.grad is not None and torch.isfinite(se.grad).all()
+    with pytest.raises(ValueError, match="se_loss=True"):
+        SegmentationLoss(se_weight=0.2)({"out": logits}, target)
 
 
 def test_missing_aux_raises_with_hint():

@@ -60,9 +60,9 @@ def test_predictor_handles_modes_and_batches(tmp_path):
 def test_sliding_window_single_tile_and_overlap_average():
     model = fcnkit.create_model("fcn_resnet18_d16", num_classes=3).eval()
     x = torch.randn(1, 3, 40, 56)
-    # one window covering the (padded) image = the whole padded image, cropped back
+    # FastFCN style: one window covering the padded image = the whole padded image, cropped back
     expected = model(torch.nn.functional.pad(x, (0, 8, 0, 24)))["out"][..., :40, :56]
-    assert torch.allclose(sliding_window_logits(model, x, 64, 64, 3), expected, atol=1e-5)
+    assert torch.allclose(sliding_window_logits(model, x, 64, 64, 3, pad_value=0.0), expected, atol=1e-5)
     # 96x96 in 64-pixel tiles at stride 32: windows at (0|32, 0|32); each pixel is the mean of those covering it
     y = torch.randn(1, 3, 96, 96)
     total, count = torch.zeros(1, 3, 96, 96), torch.zeros(1, 1, 96, 96)

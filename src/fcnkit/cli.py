@@ -65,6 +65,41 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _window(text: str) -> tuple[int, int]:
+    """A window size: ``N`` or ``HxW``."""
+    return _size(text if "x" in text.lower() else f"{text}x{text}")
+
+
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("test-time inference (default: one whole-image pass)")
+    g.add_argument("--scales", type=float, nargs="+", metavar="S", help="average over these resize factors")
+    g.add_argument("--base-size", type=int, help="scales resize the long side to base_size x S (FastFCN)")
+    g.add_argument("--flip", action="store_true", default=None, help="also average the mirrored image")
+    g.add_argument("--slide", type=_window, metavar="N|HxW", help="sliding-window inference with this window")
+    g.add_argument("--stride", type=_window, metavar="N|HxW", help="window step (default 2/3 of the window)")
+    g.add_argument("--pad", action="store_true", default=None, help="pad images smaller than the window (FastFCN)")
+
+
+def _inference_from_args(args: argparse.Namespace, base: dict | None = None):
+    """An InferenceConfig: ``base`` (e.g. a run's ``test`` section) with the command-line options on top."""
+    from .config import InferenceConfig, config_from_dict
+
+    data = dict(base or {})
+    if args.scales is not None:
+        data["scales"] = args.scales
+    if args.base_size is not None:
+        data["base_size"] = args.base_size
+    if args.flip:
+        data["flip"] = True
+    if args.pad:
+        data["pad"] = True
+    if args.slide is not None:
+        data.update(mode="slide", crop_size=list(args.slide))
+    if args.stride is not None:
+        data["stride"] = list(args.stride)
+    return config_from_dict({"test": data}).test if data else InferenceConfig()
+
+
 def cmd_forward(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=args.num_classes).eval()
@@ -101,6 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, read_checkpoint
     from .data import build_dataset
     from .engine.evaluate import evaluate
+    from .inference import describe_inference
 
     ckpt = read_checkpoint(args.checkpoint)
     data_cfg = (ckpt.get("config") or {}).get("data", {})
@@ -116,8 +152,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
-    metrics = evaluate(model, dataset, device, batch_size=args.batch_size, workers=args.workers, show_progress=True)
-    print(f"{args.checkpoint} on {name}/{split} ({len(dataset)} images)")
+    inference = _inference_from_args(args, (ckpt.get("config") or {}).get("test"))
+    metrics = evaluate(model, dataset, device, batch_size=args.batch_size, workers=args.workers, show_progress=True,
+                       inference=inference)  # fmt: skip
+    print(f"{args.checkpoint} on {name}/{split} ({len(dataset)} images); {describe_inference(inference)}")
     print(metrics.table(list(dataset.classes)))
     if args.json:
         import json
@@ -136,7 +174,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import Predictor, expand_inputs, predict_files
 
-    predictor = Predictor(args.model, device=args.device, tile=args.tile, batch_size=1)
+    if args.tile and args.slide is None:
+        args.slide = (args.tile, args.tile)  # --tile N is --slide N (images smaller than N run whole)
+    predictor = Predictor(args.model, device=args.device, batch_size=1, inference=_inference_from_args(args))
     paths = expand_inputs(args.inputs)
     report = predict_files(predictor, paths, args.out, probs=args.probs, alpha=args.alpha)
     skipped = len(report.skipped)
@@ -200,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--pictures", metavar="DIR", help="write confusion_matrix.png and per_class_iou.png into DIR")
+    _add_inference_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="segment images: label PNGs (palette, values = class index) + overlays")
@@ -209,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", action="store_true", help="also write class probabilities (<name>_probs.npy, float16)")
     p.add_argument("--tile", type=int, help="segment images larger than this in overlapping tiles of this size")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    _add_inference_args(p)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 

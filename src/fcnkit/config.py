@@ -69,6 +69,8 @@ class LossConfig:
     #: a list of per-class weights, "median_frequency" (computed from the training labels), or null
     class_weights: list[float] | str | None = None
     aux_weight: float = 0.0
+    #: EncNet's semantic-encoding loss (BCE on which classes occur in the image); FastFCN uses 0.2
+    se_weight: float = 0.0
     label_smoothing: float = 0.0
     ohem_thresh: float | None = None
     ohem_min_kept: int = 0
@@ -107,12 +109,40 @@ class ScheduleConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """How a model is run on a whole image at test time (``fcnkit eval``, ``fcnkit predict``, ``Predictor``).
+
+    The defaults run the whole image once. ``scales`` and ``flip`` average the logits of resized and mirrored
+    copies (each resized back to the image size first); ``mode: slide`` runs ``crop_size`` windows every
+    ``stride`` pixels and averages the logits where windows overlap.
+    """
+
+    #: whole | slide
+    mode: str = "whole"
+    #: slide window [h, w] (or [size]) and step [h, w]; the step defaults to 2/3 of the window, as FastFCN's
+    crop_size: list[int] | None = None
+    stride: list[int] | None = None
+    #: slide: pad an image smaller than the window to the window size with black pixels (FastFCN); without
+    #: padding (mmseg) the window shrinks to the image, so one window covering the image is whole-image inference
+    pad: bool = False
+    #: resize factors; relative to the image, or to ``base_size`` for the long side when that is set (FastFCN:
+    #: base_size 520 and scales 0.5 .. 1.75 on Pascal Context, 0.5 .. 2.0 on ADE20K)
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    base_size: int | None = None
+    #: also run the horizontally mirrored image and mirror its logits back
+    flip: bool = False
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    #: test-time inference used by ``fcnkit eval`` on this run's checkpoints (validation during training is
+    #: always one whole-image pass, to stay fast)
+    test: InferenceConfig = field(default_factory=InferenceConfig)
     #: run directory; holds config.yaml, metrics.jsonl, last.pth, best.pth
     output_dir: str = "runs/default"
     seed: int = 0
@@ -284,8 +314,24 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("accumulate and data.batch_size must be at least 1")
     if cfg.data.crop_size is not None and len(cfg.data.crop_size) not in (1, 2):
         raise ConfigError(f"data.crop_size must be [h, w] or [size], got {cfg.data.crop_size}")
+    validate_inference(cfg.test, "test.")
     if isinstance(cfg.loss.class_weights, str) and cfg.loss.class_weights != "median_frequency":
         raise ConfigError(f"loss.class_weights: a list, 'median_frequency' or null; got {cfg.loss.class_weights!r}")
+
+
+def validate_inference(cfg: InferenceConfig, prefix: str = "") -> None:
+    if cfg.mode not in ("whole", "slide"):
+        raise ConfigError(f"{prefix}mode must be 'whole' or 'slide'; got {cfg.mode!r}")
+    if cfg.mode == "slide" and not cfg.crop_size:
+        raise ConfigError(f"{prefix}mode 'slide' needs {prefix}crop_size")
+    for key in ("crop_size", "stride"):
+        value = getattr(cfg, key)
+        if value is not None and (len(value) not in (1, 2) or min(value) < 1):
+            raise ConfigError(f"{prefix}{key} must be [h, w] or [size] of positive integers, got {value}")
+    if not cfg.scales or min(cfg.scales) <= 0:
+        raise ConfigError(f"{prefix}scales must be a non-empty list of positive factors, got {cfg.scales}")
+    if cfg.base_size is not None and cfg.base_size < 1:
+        raise ConfigError(f"{prefix}base_size must be positive, got {cfg.base_size}")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

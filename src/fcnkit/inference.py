@@ -11,7 +11,7 @@ import glob
 import math
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, read_checkpoint
+from .config import InferenceConfig
 from .data.io import read_image
 from .models import Segmenter, create_model
 from .models.weights import looks_like_path
@@ -55,30 +56,120 @@ def load_model(spec: str | os.PathLike[str] | nn.Module) -> Segmenter:
     return create_model(name, weights=tag)
 
 
-@torch.inference_mode()
-def sliding_window_logits(model: nn.Module, x: Tensor, tile: int, stride: int, num_classes: int) -> Tensor:
-    """Logits ``(B, C, H, W)`` of ``x`` ``(B, 3, H, W)`` from overlapping ``tile x tile`` windows.
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = list(value)
+    return (value[0], value[-1])
 
-    An image smaller than a tile is padded (with 0, the normalised mean) to one tile; windows step by
-    ``stride`` with the last one flush with the border; each pixel's logits are the mean over the windows
-    that cover it.
+
+def _window_starts(size: int, window: int, step: int) -> list[int]:
+    """Window origins along one axis: every ``step`` pixels, the last one flush with the border (mmseg)."""
+    if size <= window:
+        return [0]
+    count = math.ceil((size - window) / step) + 1
+    return [min(i * step, size - window) for i in range(count)]
+
+
+def sliding_window_logits(
+    model: nn.Module,
+    x: Tensor,
+    crop_size: int | Sequence[int],
+    stride: int | Sequence[int],
+    num_classes: int,
+    pad_value: Tensor | float | None = None,
+) -> Tensor:
+    """Logits ``(B, C, H, W)`` of ``x`` ``(B, 3, H, W)`` from overlapping windows, averaged where they overlap.
+
+    Windows of ``crop_size`` start every ``stride`` pixels, the last row and column flush with the border, as
+    mmseg's ``slide_inference``. An image smaller than the window along an axis gets one window of the image's
+    size there, so a window covering the image is exactly whole-image inference; with ``pad_value`` (a number
+    or a ``(3,)`` per-channel tensor in the model's input space) it is first padded to the window instead, as
+    FastFCN's ``MultiEvalModule`` does with the normalised value of a black pixel.
     """
+    (ch, cw), (sh, sw) = _pair(crop_size), _pair(stride)
+    if min(ch, cw, sh, sw) < 1:
+        raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}")
     b, _, h, w = x.shape
-    ph, pw = max(h, tile), max(w, tile)
+    ph, pw = (max(h, ch), max(w, cw)) if pad_value is not None else (h, w)
     if (ph, pw) != (h, w):
-        x = F.pad(x, (0, pw - w, 0, ph - h))
-    logits = x.new_zeros(b, num_classes, ph, pw)
-    count = x.new_zeros(1, 1, ph, pw)
-    rows = max(1, math.ceil((ph - tile) / stride) + 1)
-    cols = max(1, math.ceil((pw - tile) / stride) + 1)
-    for r in range(rows):
-        for c in range(cols):
-            y0, x0 = min(r * stride, ph - tile), min(c * stride, pw - tile)
-            logits[:, :, y0 : y0 + tile, x0 : x0 + tile] += model(x[:, :, y0 : y0 + tile, x0 : x0 + tile])[
-                "out"
-            ].float()
-            count[:, :, y0 : y0 + tile, x0 : x0 + tile] += 1
+        fill = torch.as_tensor(pad_value, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
+        padded = fill.expand(b, x.shape[1], ph, pw).clone()
+        padded[:, :, :h, :w] = x
+        x = padded
+    logits = x.new_zeros(b, num_classes, ph, pw, dtype=torch.float32)
+    count = x.new_zeros(1, 1, ph, pw, dtype=torch.float32)
+    wh, ww = min(ch, ph), min(cw, pw)
+    for y0 in _window_starts(ph, wh, sh):
+        for x0 in _window_starts(pw, ww, sw):
+            window = x[:, :, y0 : y0 + wh, x0 : x0 + ww]
+            logits[:, :, y0 : y0 + wh, x0 : x0 + ww] += model(window)["out"].float()
+            count[:, :, y0 : y0 + wh, x0 : x0 + ww] += 1
     return (logits / count)[:, :, :h, :w]
+
+
+def _one_pass(model: nn.Module, x: Tensor, num_classes: int, cfg: InferenceConfig) -> Tensor:
+    if cfg.mode == "whole":
+        return model(x)["out"].float()
+    crop = _pair(cfg.crop_size)
+    # FastFCN steps by 2/3 of the crop; mmseg configs give the stride explicitly.
+    stride = _pair(cfg.stride) if cfg.stride else (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
+    pad_value = None
+    if cfg.pad:
+        black = torch.zeros(1, 3, 1, 1, dtype=torch.uint8, device=x.device)
+        pad_value = model.preprocessing(black).reshape(-1).to(x.dtype)
+    return sliding_window_logits(model, x, crop, stride, num_classes, pad_value)
+
+
+def _scaled_size(h: int, w: int, scale: float, base_size: int | None) -> tuple[int, int]:
+    if base_size is None:
+        return max(1, round(h * scale)), max(1, round(w * scale))
+    long_side = max(1, round(base_size * scale))
+    if h >= w:
+        return long_side, max(1, round(w * long_side / h))
+    return max(1, round(h * long_side / w)), long_side
+
+
+def describe_inference(cfg: InferenceConfig) -> str:
+    """A one-line summary, e.g. ``slide 480x480 stride 320x320, scales 0.5,1.0 (base 520), flip``."""
+    text = "whole image"
+    if cfg.mode == "slide":
+        (ch, cw) = _pair(cfg.crop_size)
+        stride = _pair(cfg.stride) if cfg.stride else (max(1, ch * 2 // 3), max(1, cw * 2 // 3))
+        text = f"slide {ch}x{cw} stride {stride[0]}x{stride[1]}" + (" padded" if cfg.pad else "")
+    if list(cfg.scales) != [1.0] or cfg.base_size:
+        text += ", scales " + ",".join(f"{s:g}" for s in cfg.scales)
+        text += f" (base {cfg.base_size})" if cfg.base_size else ""
+    return text + (", flip" if cfg.flip else "")
+
+
+def infer_logits(model: nn.Module, x: Tensor, cfg: InferenceConfig | None = None,
+                 num_classes: int | None = None) -> Tensor:  # fmt: skip
+    """Float32 logits ``(B, C, H, W)`` for preprocessed images ``x`` under a test-time ``cfg``.
+
+    For each scale (and its mirror image with ``flip``) the images are resized bilinearly, run whole or by
+    sliding window, and the logits resized back to ``H x W``; the result is their mean. Averaging logits
+    follows FastFCN (mmseg averages softmax probabilities; the arg-max rarely differs). With the defaults
+    (one scale of 1.0, no flip, whole) this is exactly ``model(x)["out"]``.
+    """
+    cfg = cfg or InferenceConfig()
+    num_classes = num_classes or int(getattr(model, "num_classes", 0) or 0)
+    h, w = x.shape[-2:]
+    total: Tensor | None = None
+    passes = 0
+    for scale in cfg.scales:
+        size = _scaled_size(h, w, scale, cfg.base_size)
+        xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for mirrored in (False, True) if cfg.flip else (False,):
+            out = _one_pass(model, xs.flip(-1) if mirrored else xs, num_classes, cfg)
+            if mirrored:
+                out = out.flip(-1)
+            if tuple(out.shape[-2:]) != (h, w):
+                out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+            total = out if total is None else total + out
+            passes += 1
+    assert total is not None
+    return total if passes == 1 else total / passes
 
 
 class Predictor:
@@ -87,26 +178,31 @@ class Predictor:
     Args:
         model: an fcnkit checkpoint path, ``"<model>.<weights tag>"`` or a ``Segmenter``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        tile: images with a side larger than this are segmented in ``tile x tile`` windows (None: never).
+        tile: shorthand for sliding-window inference in ``tile x tile`` windows (images smaller than a tile
+            in both directions are run whole, which is the same thing).
         overlap: fraction of a tile shared by neighbouring windows.
         batch_size: images of identical size are batched together up to this many.
+        inference: test-time options (scales, flip, slide); overrides ``tile``. See
+            :class:`fcnkit.config.InferenceConfig`.
     """
 
     def __init__(self, model: str | os.PathLike[str] | nn.Module, device: str = "auto", tile: int | None = None,
-                 overlap: float = 1 / 3, batch_size: int = 1) -> None:  # fmt: skip
+                 overlap: float = 1 / 3, batch_size: int = 1,
+                 inference: InferenceConfig | None = None) -> None:  # fmt: skip
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = load_model(model).to(self.device).eval()
-        self.tile, self.batch_size = tile, max(1, batch_size)
-        self.stride = max(1, round(tile * (1 - overlap))) if tile else None
+        self.batch_size = max(1, batch_size)
+        if inference is None and tile:
+            stride = max(1, round(tile * (1 - overlap)))
+            inference = InferenceConfig(mode="slide", crop_size=[tile, tile], stride=[stride, stride])
+        self.inference = inference or InferenceConfig()
         self.num_classes = int(self.model.num_classes or 0)
         self.classes = list(self.model.classes or [f"class {i}" for i in range(self.num_classes)])
 
     def _logits(self, x: Tensor) -> Tensor:
-        if self.tile and max(x.shape[-2:]) > self.tile:
-            return sliding_window_logits(self.model, x, self.tile, self.stride, self.num_classes)
-        return self.model(x)["out"].float()
+        return infer_logits(self.model, x, self.inference, self.num_classes)
 
     @torch.inference_mode()
     def predict_tensor(self, rgb: Tensor, probs: bool = False) -> list[Prediction]:

@@ -1,4 +1,4 @@
-"""Per-pixel cross-entropy for segmentation, with the auxiliary head, class weights and OHEM.
+"""Per-pixel cross-entropy for segmentation, with the auxiliary head, class weights, OHEM and EncNet's SE loss.
 
 The learning-rate / reduction trap
 ----------------------------------
@@ -18,7 +18,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SegmentationLoss", "median_frequency_weights"]
+__all__ = ["SegmentationLoss", "class_presence", "median_frequency_weights"]
+
+
+def class_presence(target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
+    """``(B, C)`` float: 1 where class c occurs in image b's labels (ignored pixels excluded), else 0.
+
+    The target of EncNet's semantic-encoding (SE) loss (Zhang et al., CVPR 2018).
+    """
+    b = target.shape[0]
+    flat = target.reshape(b, -1).long()
+    valid = flat != ignore_index
+    if valid.any() and (flat[valid].min() < 0 or flat[valid].max() >= num_classes):
+        raise ValueError(f"labels hold values outside [0, {num_classes}) that are not ignore_index {ignore_index}")
+    index = torch.where(valid, flat, torch.zeros_like(flat))
+    counts = torch.zeros(b, num_classes, dtype=torch.float32, device=target.device)
+    counts.scatter_add_(1, index, valid.float())
+    return (counts > 0).float()
 
 
 class SegmentationLoss(nn.Module):
@@ -31,13 +47,17 @@ class SegmentationLoss(nn.Module):
             does (see the module docstring for the lr that goes with each).
         class_weights: ``(C,)`` per-class weights, e.g. from :func:`median_frequency_weights`.
         aux_weight: weight of the auxiliary head's loss (torchvision 0.5, mmseg 0.4, FastFCN 0.2); 0 disables it.
+        se_weight: weight of EncNet's SE loss (FastFCN 0.2): binary cross-entropy between the model's ``"se"``
+            logits ``(B, C)`` and which classes occur in each image's labels (:func:`class_presence`), averaged
+            over ``B x C``; 0 disables it.
         label_smoothing: as in ``F.cross_entropy``.
         ohem_thresh: enables online hard example mining (PSPNet / mmseg ``OHEMPixelSampler``): only pixels
             whose softmax probability of the true class is below this threshold are trained on.
         ohem_min_kept: with OHEM, at least this many of the hardest valid pixels **per image** are kept
             (``ohem_min_kept * B`` over the batch, as mmseg counts), so easy batches still give a gradient.
 
-    Keys of the model output other than ``"out"`` and ``"aux"`` (e.g. an SE-loss ``"se"``) are ignored.
+    Keys of the model output other than ``"out"``, ``"aux"`` and ``"se"`` are ignored, and ``"se"`` too when
+    ``se_weight`` is 0.
     OHEM selects pixels separately for each head, from that head's own probabilities.
     """
 
@@ -49,6 +69,7 @@ class SegmentationLoss(nn.Module):
         reduction: Literal["mean", "sum"] = "mean",
         class_weights: Sequence[float] | Tensor | None = None,
         aux_weight: float = 0.0,
+        se_weight: float = 0.0,
         label_smoothing: float = 0.0,
         ohem_thresh: float | None = None,
         ohem_min_kept: int = 0,
@@ -58,6 +79,8 @@ class SegmentationLoss(nn.Module):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        if se_weight < 0:
+            raise ValueError(f"se_weight must be >= 0, got {se_weight}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if ohem_thresh is not None and not 0.0 < ohem_thresh <= 1.0:
@@ -69,6 +92,7 @@ class SegmentationLoss(nn.Module):
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.aux_weight = float(aux_weight)
+        self.se_weight = float(se_weight)
         self.label_smoothing = float(label_smoothing)
         self.ohem_thresh = ohem_thresh
         self.ohem_min_kept = ohem_min_kept
@@ -79,6 +103,7 @@ class SegmentationLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, aux_weight={self.aux_weight}, "
+            f"se_weight={self.se_weight}, "
             f"label_smoothing={self.label_smoothing}, ohem_thresh={self.ohem_thresh}, "
             f"ohem_min_kept={self.ohem_min_kept}, class_weights={self.class_weights is not None}"
         )
@@ -156,8 +181,8 @@ class SegmentationLoss(nn.Module):
             target: ``(B, H, W)`` integer labels in ``[0, C)`` or ``ignore_index``.
 
         Returns:
-            The scalar loss to back-propagate and its parts as floats: ``{"main", "aux", "total"}``
-            (``"aux"`` only when the auxiliary loss is used).
+            The scalar loss to back-propagate and its parts as floats: ``{"main", "aux", "se", "total"}``
+            (``"aux"`` and ``"se"`` only when those losses are used).
         """
         if isinstance(outputs, Tensor):
             outputs = {"out": outputs}
@@ -177,6 +202,17 @@ class SegmentationLoss(nn.Module):
             aux = self._single(aux_logits, target, "aux")
             loss = loss + self.aux_weight * aux
             parts["aux"] = float(aux.detach())
+        if self.se_weight > 0:
+            se_logits = outputs.get("se")
+            if se_logits is None:
+                raise ValueError(
+                    f"se_weight={self.se_weight} but the model output has no 'se' logits: use an EncNet model "
+                    "built with se_loss=True, or set se_weight=0"
+                )
+            presence = class_presence(target, se_logits.shape[1], self.ignore_index)
+            se = F.binary_cross_entropy_with_logits(se_logits.float(), presence)
+            loss = loss + self.se_weight * se
+            parts["se"] = float(se.detach())
         parts["total"] = float(loss.detach())
         return loss, parts
 

@@ -3,7 +3,8 @@
 >>> ds = build_dataset("camvid", "/data/CamVid", "train", transform=EvalTransform(IMAGENET))
 >>> loader = DataLoader(ds, batch_size=4, collate_fn=functools.partial(pad_collate, ignore_index=ds.ignore_index))
 
-One file per on-disk format (``voc.py``, ``camvid.py``, ``folder.py``); each registers small factory
+One file per on-disk format (``voc.py``, ``camvid.py``, ``pcontext.py``, ``ade20k.py``, ``cityscapes.py``,
+``folder.py``, and ``synthetic.py`` which writes the folder format); each registers small factory
 functions in :data:`DATASETS`, filled by the explicit imports below.
 """
 
@@ -11,8 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from fcnkit.data import ade20k as _ade20k  # noqa: F401  (registers ade20k)
 from fcnkit.data import camvid as _camvid  # noqa: F401  (registers camvid)
+from fcnkit.data import cityscapes as _cityscapes  # noqa: F401  (registers cityscapes)
 from fcnkit.data import folder as _folder  # noqa: F401  (registers folder)
+from fcnkit.data import pcontext as _pcontext  # noqa: F401  (registers pascal_context)
 from fcnkit.data import voc as _voc  # noqa: F401  (registers voc2012, sbd, voc_trainaug, seg11valid)
 from fcnkit.data.base import DATASETS, SampleFiles, SegmentationDataset, voc_palette
 from fcnkit.data.check import DatasetReport, check_dataset

@@ -9,7 +9,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..config import InferenceConfig
 from ..data import EvalTransform, pad_collate
+from ..inference import infer_logits
 from ..metrics import ConfusionMatrix, SegMetrics
 from .distributed import DistInfo, shard_indices
 from .progress import Progress
@@ -37,11 +39,18 @@ def eval_loader(dataset: Dataset, model: nn.Module, batch_size: int = 1, workers
 
 
 @torch.inference_mode()
-def predict_batch(model: nn.Module, images: Tensor, amp_dtype: torch.dtype | None = None) -> Tensor:
+def predict_batch(model: nn.Module, images: Tensor, amp_dtype: torch.dtype | None = None,
+                  inference: InferenceConfig | None = None) -> Tensor:  # fmt: skip
     """Logits ``(B, C, H, W)`` in float32 for a batch of normalised images ``(B, 3, H, W)``."""
     device_type = images.device.type
     with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        return model(images)["out"].float()
+        if inference is None:
+            return model(images)["out"].float()
+        return infer_logits(model, images, inference)
+
+
+def _is_plain(inference: InferenceConfig | None) -> bool:
+    return inference is None or (inference.mode == "whole" and list(inference.scales) == [1.0] and not inference.flip)
 
 
 @torch.inference_mode()
@@ -55,12 +64,16 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     show_progress: bool = False,
+    inference: InferenceConfig | None = None,
 ) -> SegMetrics:
     """Accumulate one confusion matrix over ``dataset`` and compute the standard metrics.
 
     With ``dist_info`` each rank evaluates its share and the matrices are summed, so the result equals a
     single-process evaluation exactly (integer counts). Batches larger than 1 pad images to a common size;
     logits are cropped back to each label's size, but border pixels may see the padding: batch 1 is exact.
+
+    ``inference`` selects multi-scale / flip / sliding-window evaluation (:func:`fcnkit.inference.infer_logits`);
+    those run image by image at each image's own size, so their batch size only affects loading.
     """
     device = torch.device(device)
     was_training = model.training
@@ -72,10 +85,15 @@ def evaluate(
         images = batch["image"].to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        pred = predict_batch(model, images, amp_dtype).argmax(1)
         labels = batch["label"].to(device)
-        for i, (h, w) in enumerate(batch["size"]):
-            cm.update(pred[i, :h, :w], labels[i, :h, :w])
+        if _is_plain(inference):
+            pred = predict_batch(model, images, amp_dtype).argmax(1)
+            for i, (h, w) in enumerate(batch["size"]):
+                cm.update(pred[i, :h, :w], labels[i, :h, :w])
+        else:
+            for i, (h, w) in enumerate(batch["size"]):
+                pred_i = predict_batch(model, images[i : i + 1, :, :h, :w], amp_dtype, inference).argmax(1)[0]
+                cm.update(pred_i, labels[i, :h, :w])
         progress.update()
     progress.close()
     if dist_info is not None and dist_info.enabled:

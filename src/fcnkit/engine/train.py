@@ -190,6 +190,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         reduction=cfg.loss.reduction,
         class_weights=_class_weights(cfg, train_set),
         aux_weight=cfg.loss.aux_weight,
+        se_weight=cfg.loss.se_weight,
         label_smoothing=cfg.loss.label_smoothing,
         ohem_thresh=cfg.loss.ohem_thresh,
         ohem_min_kept=cfg.loss.ohem_min_kept,
