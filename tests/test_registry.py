@@ -25,10 +25,16 @@ def test_output_contract_forward_backward(name):
     model.train()
     x = torch.randn(2, 3, 35, 47)
     out = model(x)
-    assert set(out) == {"out"}
+    # EncNet adds its SE-loss logits: one score per class and image
+    assert set(out) == ({"out", "se"} if name.startswith("enc_") else {"out"})
+    if "se" in out:
+        assert out["se"].shape == (2, 3)
     assert out["out"].shape == (2, 3, 35, 47) and out["out"].dtype == torch.float32
     target = torch.randint(0, 3, (2, 35, 47))
-    torch.nn.functional.cross_entropy(out["out"], target).backward()
+    loss = torch.nn.functional.cross_entropy(out["out"], target)
+    if "se" in out:  # the SE branch is trained only through its own loss
+        loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(out["se"], torch.ones(2, 3))
+    loss.backward()
     grads = [p.grad for p in model.classifier.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)

@@ -60,6 +60,13 @@ def test_overrides_are_typed_and_base_is_merged(tmp_path):
     cfg = load_config(tmp_path / "child.yaml", ["seed=7", "data.crop_size=[64, 96]", "optim.weight_decay=0"])
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.seed) == (0.2, 0.5, 7)
     assert cfg.data.crop_size == [64, 96] and isinstance(cfg.optim.weight_decay, float)
+    (tmp_path / "grandchild.yaml").write_text("base: child.yaml\nseed: 3\n")
+    cfg = load_config(tmp_path / "grandchild.yaml")
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.seed) == (0.2, 0.5, 3)
+    (tmp_path / "loop_a.yaml").write_text("base: loop_b.yaml\n")
+    (tmp_path / "loop_b.yaml").write_text("base: loop_a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop_a.yaml")
     with pytest.raises(ConfigError, match="seed: expected an integer"):
         load_config(None, ["seed=abc"])
     with pytest.raises(ConfigError, match=r"loss\.reduction must be one of mean, sum"):
@@ -72,7 +79,7 @@ def test_every_shipped_recipe_loads_and_builds_its_model(recipe):
     options = {k: v for k, v in cfg.model.options.items() if k not in ("backbone_weights", "init_from")}
     with torch.device("meta"):  # shapes only; the weights files are not on this machine
         model = fcnkit.create_model(cfg.model.name, num_classes=cfg.model.num_classes or 21, **options)
-    assert model(torch.empty(1, 3, 64, 64, device="meta"))["out"].shape == (1, model.num_classes, 64, 64)
+    assert model.eval()(torch.empty(1, 3, 64, 64, device="meta"))["out"].shape == (1, model.num_classes, 64, 64)
     if cfg.loss.reduction == "sum":
         assert cfg.optim.lr <= 1e-9  # the summed-loss recipes carry their tiny learning rates
     else:

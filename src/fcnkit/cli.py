@@ -27,7 +27,9 @@ FAMILIES = (
 
 
 def _family(name: str) -> str:
-    return next((text for suffix, text in FAMILIES if name.endswith(suffix)), "")
+    from .models.fastfcn import describe_variant
+
+    return describe_variant(name) or next((text for suffix, text in FAMILIES if name.endswith(suffix)), "")
 
 
 def _count_params(name: str, num_classes: int) -> int:

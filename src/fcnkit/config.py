@@ -1,7 +1,8 @@
 """Typed training configs: dataclasses loaded from YAML, with dotted command-line overrides.
 
-* A recipe is a YAML file whose keys mirror ``TrainConfig``; it may name one ``base:`` file (relative to
-  itself) whose values it overrides. No deeper inheritance.
+* A recipe is a YAML file whose keys mirror ``TrainConfig``; it may name a ``base:`` file (relative to
+  itself) whose values it overrides, which may name its own base (a loop is an error). Sections merge key by
+  key, except ``options`` mappings, which replace the base's as a whole.
 * ``key.sub=value`` overrides are parsed with YAML and checked against the field's type.
 * Unknown keys are errors that name the key and suggest the closest valid one.
 * Every run directory holds the fully resolved config (``config.yaml``).
@@ -125,8 +126,8 @@ class InferenceConfig:
     #: slide: pad an image smaller than the window to the window size with black pixels (FastFCN); without
     #: padding (mmseg) the window shrinks to the image, so one window covering the image is whole-image inference
     pad: bool = False
-    #: resize factors; relative to the image, or to ``base_size`` for the long side when that is set (FastFCN:
-    #: base_size 520 and scales 0.5 .. 1.75 on Pascal Context, 0.5 .. 2.0 on ADE20K)
+    #: resize factors; relative to the image, or to ``base_size`` for the long side when that is set (FastFCN's
+    #: test script: base_size 520 and scales 0.5, 0.75 .. 1.75 for Pascal Context and ADE20K)
     scales: list[float] = field(default_factory=lambda: [1.0])
     base_size: int | None = None
     #: also run the horizontally mirrored image and mirror its logits back
@@ -250,20 +251,20 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe as a dict, its ``base:`` chain merged in (each file overrides the one it names)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in _chain:
+        raise ConfigError(f"{path}: base chain loops back: {' -> '.join(str(p) for p in (*_chain, path.resolve()))}")
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of keys to values")
     base = data.pop("base", None)
     if base is not None:
-        base_data = read_yaml(path.parent / base)
-        if "base" in base_data:
-            raise ConfigError(f"{path}: its base {base} has a base of its own; one level only")
-        data = _merge(base_data, data)
+        data = _merge(read_yaml(path.parent / base, (*_chain, path.resolve())), data)
     return data
 
 

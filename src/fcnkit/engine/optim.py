@@ -57,7 +57,7 @@ def param_groups(
     bias_decay: bool = True,
     norm_decay: bool = True,
     head_lr_mult: float = 1.0,
-    head_names: Sequence[str] = ("classifier", "aux_classifier"),
+    head_names: Sequence[str] = ("neck", "classifier", "aux_classifier"),
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters of ``model`` into optimiser groups.
 
@@ -70,7 +70,8 @@ def param_groups(
             mmcv: they are normalisation shifts, not the Caffe layer biases the recipe refers to.
         bias_decay: apply ``weight_decay`` to biases (False in Caffe FCN).
         norm_decay: apply ``weight_decay`` to normalisation-layer weights and biases.
-        head_lr_mult: lr multiplier for the head parameters (10 in torchvision's and FastFCN's recipes).
+        head_lr_mult: lr multiplier for the head parameters (10 in torchvision's and FastFCN's recipes;
+            FastFCN gives the JPU neck the same 10x, hence "neck" among the default head names).
         head_names: attribute names of the head modules.
 
     Returns:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from . import resnet_fcn, timm_fcn, vgg_fcn  # noqa: F401  (fill the registry)
+from . import fastfcn, resnet_fcn, timm_fcn, vgg_fcn  # noqa: F401  (fill the registry)
 from .segmenter import Backbone, FeatureInfo, Segmenter
 from .weights import MODEL_WEIGHTS, list_weights, resolve
 from .zoo import MODELS, infer_num_classes, init_from, load_model_weights, set_metadata

@@ -1,13 +1,17 @@
 """The one forward contract shared by every fcnkit model.
 
-backbone -> head(s) -> a single resize to the input size.
+backbone -> optional neck -> head(s) -> a single resize to the input size.
 
 * A backbone maps ``(B, 3, H, W)`` to ``dict[str, Tensor]`` and declares ``feature_info``: one
   ``FeatureInfo(name, channels, stride)`` per tap, so heads size themselves without probing.
-* A head maps ``(features, (H, W))`` to logits ``(B, C, h, w)``. Heads that restore the input geometry
-  themselves (the Caffe FCNs crop to exactly ``H x W``) make the final resize a no-op.
+* A neck (optional, e.g. FastFCN's JPU) maps the feature dict to a feature dict: the input taps plus its
+  own entry (``"jpu"``), so heads pick either a backbone tap or the neck's output by key.
+* A head maps ``(features, (H, W))`` to logits ``(B, C, h, w)``, or to a dict ``{"out": logits, ...}``
+  when it has extra outputs (EncNet's ``"se"``: ``(B, C)`` class-presence logits). Heads that restore the
+  input geometry themselves (the Caffe FCNs crop to exactly ``H x W``) make the final resize a no-op.
 * ``Segmenter.forward`` returns ``{"out": (B, C, H, W)}``, plus ``"aux"`` when built with an aux head:
-  the same dict torchvision's segmentation models return, so code written for them keeps working.
+  the same dict torchvision's segmentation models return, so code written for them keeps working. Extra
+  head outputs (``"se"``) are passed through unresized.
 """
 
 from __future__ import annotations
@@ -46,10 +50,11 @@ class Backbone(nn.Module):
 
 
 class Segmenter(nn.Module):
-    """Backbone + main head (``classifier``) + optional ``aux_classifier``, resized to the input.
+    """Backbone + optional ``neck`` + main head (``classifier``) + optional ``aux_classifier``, resized.
 
     Attribute names follow torchvision (``backbone``, ``classifier``, ``aux_classifier``) so that its
-    segmentation state dicts load without renaming.
+    segmentation state dicts load without renaming. ``neck`` is registered only when given, so models
+    without one keep exactly torchvision's state-dict keys.
     """
 
     def __init__(
@@ -59,9 +64,12 @@ class Segmenter(nn.Module):
         aux_classifier: nn.Module | None = None,
         num_classes: int | None = None,
         align_corners: bool = False,
+        neck: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        # A None attribute is not a submodule: no "neck." keys, no entry in named_modules().
+        self.neck = neck
         self.classifier = classifier
         self.aux_classifier = aux_classifier
         self.num_classes = num_classes
@@ -78,10 +86,18 @@ class Segmenter(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """``x``: preprocessed images ``(B, 3, H, W)`` -> ``{"out": (B, C, H, W)[, "aux": ...]}``."""
+        """``x``: preprocessed images ``(B, 3, H, W)`` -> ``{"out": (B, C, H, W)[, "aux": ...][, "se": (B, C)]}``."""
         size = (x.shape[-2], x.shape[-1])
         features = self.backbone(x)
-        result = {"out": self._resize(self.classifier(features, size), size)}
+        if self.neck is not None:
+            features = self.neck(features)
+        head = self.classifier(features, size)
+        if isinstance(head, Tensor):
+            result = {"out": self._resize(head, size)}
+        else:  # a head with extra outputs: only the logits map is resized
+            result = dict(head)
+            result["out"] = self._resize(head["out"], size)
         if self.aux_classifier is not None:
-            result["aux"] = self._resize(self.aux_classifier(features, size), size)
+            aux = self.aux_classifier(features, size)
+            result["aux"] = self._resize(aux if isinstance(aux, Tensor) else aux["out"], size)
         return result

@@ -4,6 +4,10 @@ Module names match ``torchvision.models.resnet`` (``conv1``, ``bn1``, ``layer1``
 with ``conv1..3``, ``bn1..3``, ``downsample.0/1``), so torchvision ImageNet weights and the backbones of
 torchvision's segmentation checkpoints load without renaming. Unlike torchvision, BasicBlock (ResNet-18/34)
 also accepts dilation, so every depth can run at output stride 8 or 16.
+
+``deep_stem=True`` swaps the 7x7 stem for the three-3x3-conv stem of the "ResNet-C" / "resnet50s"
+backbones that PyTorch-Encoding and FastFCN use; their names for it (``conv1.0`` ... ``conv1.6``, then a
+128-channel ``bn1``) are kept, so such backbone weights load without renaming.
 """
 
 from __future__ import annotations
@@ -78,19 +82,37 @@ class ResNetBackbone(Backbone):
     ``output_stride`` 32 is the plain ResNet, 16 dilates layer4 (rate 2), 8 dilates layer3 and layer4
     (rates 2 and 4). As in torchvision, the first block of a dilated stage keeps the previous dilation
     and the following blocks use the new one.
+
+    ``deep_stem``: ``conv1`` becomes 3x3 conv 3->64 (stride 2), BN, ReLU, 3x3 64->64, BN, ReLU,
+    3x3 64->128, followed by ``bn1`` (128), ReLU and the max-pool as usual. Same stride 4 at layer1's
+    input, but 128 channels, so layer1's first block always gets a projection shortcut. The default
+    (False) keeps torchvision's 7x7 stem and state-dict keys.
     """
 
-    def __init__(self, depth: int = 50, output_stride: int = 8) -> None:
+    def __init__(self, depth: int = 50, output_stride: int = 8, deep_stem: bool = False) -> None:
         super().__init__()
         if depth not in RESNET_SPECS:
             raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
         if output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         block, layers = RESNET_SPECS[depth]
-        self.depth, self.output_stride = depth, output_stride
-        self.in_ch, self.dilation = 64, 1
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.depth, self.output_stride, self.deep_stem = depth, output_stride, deep_stem
+        stem_ch = 128 if deep_stem else 64
+        self.in_ch, self.dilation = stem_ch, 1
+        if deep_stem:
+            # The last conv has no BN of its own: the trunk's bn1 follows it, as in the 7x7 stem.
+            self.conv1: nn.Module = nn.Sequential(
+                nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(64, 64, 3, padding=1, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(64, 128, 3, padding=1, bias=False),
+            )
+        else:
+            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_ch)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         dilate3, dilate4 = output_stride == 8, output_stride in (8, 16)
