@@ -73,6 +73,8 @@ def _window(text: str) -> tuple[int, int]:
 
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-optimize", action="store_true",
+                   help="run the model as built (default: BatchNorm folded into convolutions, checked exact)")  # fmt: skip
     g = p.add_argument_group("test-time inference (default: one whole-image pass)")
     g.add_argument("--scales", type=float, nargs="+", metavar="S", help="average over these resize factors")
     g.add_argument("--base-size", type=int, help="scales resize the long side to base_size x S (FastFCN)")
@@ -154,6 +156,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
+    if not args.no_optimize:
+        from .inference import optimized_or_plain
+
+        model = optimized_or_plain(model)
     inference = _inference_from_args(args, (ckpt.get("config") or {}).get("test"))
     metrics = evaluate(model, dataset, device, batch_size=args.batch_size, workers=args.workers, show_progress=True,
                        inference=inference)  # fmt: skip
@@ -178,7 +184,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.tile and args.slide is None:
         args.slide = (args.tile, args.tile)  # --tile N is --slide N (images smaller than N run whole)
-    predictor = Predictor(args.model, device=args.device, batch_size=1, inference=_inference_from_args(args))
+    predictor = Predictor(args.model, device=args.device, batch_size=1, inference=_inference_from_args(args),
+                          optimize=not args.no_optimize)  # fmt: skip
     paths = expand_inputs(args.inputs)
     report = predict_files(predictor, paths, args.out, probs=args.probs, alpha=args.alpha)
     skipped = len(report.skipped)
@@ -264,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--min-miou", type=float, help="exit with status 1 when the test mIoU (%%) is lower")
     p.set_defaults(func=cmd_demo)
+
+    from .benchmark import add_benchmark_parser
+
+    add_benchmark_parser(sub)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="validate a dataset: pairs, sizes, label values, class frequencies")

@@ -172,6 +172,20 @@ def infer_logits(model: nn.Module, x: Tensor, cfg: InferenceConfig | None = None
     return total if passes == 1 else total / passes
 
 
+def optimized_or_plain(model: nn.Module) -> nn.Module:
+    """``optimize_for_inference(model)``, or ``model`` itself with a warning when the optimised copy does not
+    reproduce its predictions."""
+    import warnings
+
+    from .optimize import optimize_for_inference
+
+    try:
+        return optimize_for_inference(model)
+    except RuntimeError as exc:
+        warnings.warn(f"using the model unoptimised: {exc}", stacklevel=2)
+        return model
+
+
 class Predictor:
     """Load once, predict many.
 
@@ -184,15 +198,20 @@ class Predictor:
         batch_size: images of identical size are batched together up to this many.
         inference: test-time options (scales, flip, slide); overrides ``tile``. See
             :class:`fcnkit.config.InferenceConfig`.
+        optimize: run through :func:`fcnkit.optimize_for_inference` with its exact defaults (BatchNorm folded
+            into the convolutions, checked against the plain model on a random input); if that check fails
+            the plain model is used and a warning says why.
     """
 
     def __init__(self, model: str | os.PathLike[str] | nn.Module, device: str = "auto", tile: int | None = None,
                  overlap: float = 1 / 3, batch_size: int = 1,
-                 inference: InferenceConfig | None = None) -> None:  # fmt: skip
+                 inference: InferenceConfig | None = None, optimize: bool = True) -> None:  # fmt: skip
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = load_model(model).to(self.device).eval()
+        if optimize:
+            self.model = optimized_or_plain(self.model)
         self.batch_size = max(1, batch_size)
         if inference is None and tile:
             stride = max(1, round(tile * (1 - overlap)))

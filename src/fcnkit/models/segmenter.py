@@ -4,8 +4,9 @@ backbone -> optional neck -> head(s) -> a single resize to the input size.
 
 * A backbone maps ``(B, 3, H, W)`` to ``dict[str, Tensor]`` and declares ``feature_info``: one
   ``FeatureInfo(name, channels, stride)`` per tap, so heads size themselves without probing.
-* A neck (optional, e.g. FastFCN's JPU) maps the feature dict to a feature dict: the input taps plus its
-  own entry (``"jpu"``), so heads pick either a backbone tap or the neck's output by key.
+* A neck (optional, e.g. FastFCN's JPU) maps the feature dict to a dict of its own outputs (``{"jpu": ...}``),
+  which is merged into the features, so heads pick either a backbone tap or the neck's output by key.
+  (Returning only its own entries keeps the neck traceable by ``torch.fx``, which BatchNorm folding uses.)
 * A head maps ``(features, (H, W))`` to logits ``(B, C, h, w)``, or to a dict ``{"out": logits, ...}``
   when it has extra outputs (EncNet's ``"se"``: ``(B, C)`` class-presence logits). Heads that restore the
   input geometry themselves (the Caffe FCNs crop to exactly ``H x W``) make the final resize a no-op.
@@ -90,7 +91,7 @@ class Segmenter(nn.Module):
         size = (x.shape[-2], x.shape[-1])
         features = self.backbone(x)
         if self.neck is not None:
-            features = self.neck(features)
+            features = {**features, **self.neck(features)}
         head = self.classifier(features, size)
         if isinstance(head, Tensor):
             result = {"out": self._resize(head, size)}

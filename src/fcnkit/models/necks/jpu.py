@@ -48,9 +48,8 @@ def _conv3x3_norm_relu(in_channels: int, width: int, norm: Norm) -> nn.Sequentia
 
 
 def _resize_to(x: Tensor, ref: Tensor) -> Tensor:
-    # align_corners=True as in the reference: its weights were trained with this sampling grid.
-    if x.shape[-2:] == ref.shape[-2:]:
-        return x
+    # align_corners=True as in the reference: its weights were trained with this sampling grid (and a resize
+    # to the same size is then the identity). No shape test here, so torch.fx can trace the neck.
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
 
 
@@ -63,8 +62,8 @@ class JPU(nn.Module):
     3. one separable-conv branch per dilation (default 1, 2, 4, 8), each ``3 * width -> width`` followed
        by norm + ReLU; the branches concatenated (``len(dilations) * width``, 2048 by default).
 
-    ``forward`` takes the backbone's feature dict and returns it with ``out_key`` (``"jpu"``) added:
-    ``(B, out_channels, h2, w2)`` where ``(h2, w2)`` is the size of ``features[in_keys[0]]``.
+    ``forward`` takes the backbone's feature dict and returns ``{out_key: (B, out_channels, h2, w2)}``
+    (``out_key`` is ``"jpu"``), ``(h2, w2)`` being the size of ``features[in_keys[0]]``.
     """
 
     def __init__(
@@ -93,7 +92,7 @@ class JPU(nn.Module):
         f2 = self.conv3(c2)
         joint = torch.cat([_resize_to(self.conv5(c4), f2), _resize_to(self.conv4(c3), f2), f2], dim=1)
         branches = [getattr(self, f"dilation{i}")(joint) for i in range(1, len(self.dilations) + 1)]
-        return {**features, self.out_key: torch.cat(branches, dim=1)}
+        return {self.out_key: torch.cat(branches, dim=1)}
 
 
 class JointUpsamplingUnit(nn.Module):
@@ -145,7 +144,7 @@ class JPU_X(nn.Module):
     The reference sizes ``jum_2``'s fine input with c3's channel count (1024), which equals ``jum_1``'s
     output only for width 512; here it is ``jum_1``'s actual output, the same number at the default width.
 
-    ``forward``: feature dict -> the same dict with ``out_key`` added, ``(B, 4 * width, h2, w2)``.
+    ``forward``: feature dict -> ``{out_key: (B, 4 * width, h2, w2)}``.
     """
 
     def __init__(
@@ -167,4 +166,4 @@ class JPU_X(nn.Module):
 
     def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         c2, c3, c4 = (features[k] for k in self.in_keys)
-        return {**features, self.out_key: self.jum_2(c4, self.jum_1(c3, c2))}
+        return {self.out_key: self.jum_2(c4, self.jum_1(c3, c2))}

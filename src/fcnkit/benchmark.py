@@ -1,0 +1,528 @@
+"""Speed, FLOPs and memory of a segmentation model: ``fcnkit benchmark`` and the functions behind it.
+
+What is measured, and how (REFERENCE.md section 6: peers' numbers are only comparable when the protocol is
+stated, so every result carries its ``protocol`` and the printed table ends with it):
+
+* **Latency**: whole forward passes (final resize included) of one batch, in eval mode under
+  ``torch.inference_mode``, on a random-normal input allocated on the device beforehand (no host-to-device
+  copy is timed). ``warmup`` untimed passes, then ``repeats`` timed ones; median and 90th percentile
+  (linear interpolation, as ``numpy.percentile``). On CUDA, ``torch.cuda.synchronize()`` brackets every
+  timed pass (FastFCN's own script does not synchronise, a known flaw).
+* **Dynamic mode** (torchfcn's speed test): every call alternates between ``(H, W)`` and its transpose
+  ``(W, H)``, warm-up included, and the latency reported is that of the mixed sequence. This shows the cost of
+  shape changes (cuDNN/oneDNN re-planning, recompilation of a compiled model).
+* **FLOPs**: counted, not estimated, with ``torch.utils.flop_counter.FlopCounterMode`` on one forward. Like
+  pytorch-auto-drive it reports FLOPs = 2 x multiply-accumulates, and only of the operations that counter
+  knows: convolutions (transposed too) and matrix products. Bias adds, normalisation, activations, pooling
+  and resizes are not counted. They are counted on the model as given, before ``prepare``, because a
+  compiled graph hides its operations from the counter; optimisations that keep the maths (BN folding,
+  channels-last, compilation) leave the count unchanged.
+* **Peak memory**: the peak of the memory allocated during one (untimed) forward above what was allocated
+  before it, so weights and the input are excluded: activations, workspaces and the output. CUDA:
+  ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus the allocation before the
+  pass. CPU: the process's peak RSS cannot be reset and includes allocator caching, so it is not used;
+  instead ``torch.profiler`` with ``profile_memory=True`` records every allocation and free made through
+  PyTorch's CPU allocator during one forward, and the peak of their running sum is reported. Memory that
+  oneDNN or other libraries allocate outside PyTorch's allocator is not seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "BenchResult", "add_benchmark_parser", "benchmark", "cmd_benchmark", "describe_protocol", "format_table", "write_csv",
+    "write_json",
+]  # fmt: skip
+
+#: What is timed: ``(B, 3, H, W)`` float tensor -> ``{"out": (B, C, H, W), ...}``.
+Forward = Callable[[Tensor], Any]
+
+#: Short forms, stored in every result's protocol; ``describe_protocol`` prints the long ones.
+FLOPS_METHOD = "FlopCounterMode, 2 x MACs of conv + matmul, model before prepare"
+MEMORY_METHODS = {
+    "cuda": "max_memory_allocated minus allocated before, one forward",
+    "cpu": "torch.profiler CPU-allocator peak, one forward",
+}
+_LONG = {
+    FLOPS_METHOD: "counted with torch.utils.flop_counter.FlopCounterMode on one forward of the model before "
+    "prepare; FLOPs = 2 x MACs of convolutions and matrix products; bias, normalisation, activations, pooling "
+    "and resizes not counted",
+    MEMORY_METHODS["cuda"]: "torch.cuda.max_memory_allocated() over one forward minus what was allocated before "
+    "it (weights and input excluded)",
+    MEMORY_METHODS["cpu"]: "peak of the running sum of allocations and frees through PyTorch's CPU allocator "
+    "during one forward (torch.profiler, profile_memory=True; weights and input excluded; memory allocated "
+    "outside PyTorch's allocator not seen)",
+}
+
+
+@dataclass
+class BenchResult:
+    """One row: a model at one input size and batch size.
+
+    ``size`` is ``(H, W)``; with ``dynamic`` the passes alternated between ``(H, W)`` and ``(W, H)``.
+    Latencies are per forward of the whole batch, in milliseconds. ``gflops`` is per forward (whole batch),
+    ``None`` when it could not be counted; ``peak_memory_mb`` is in MiB (2**20 bytes).
+    """
+
+    name: str
+    size: tuple[int, int]
+    batch: int
+    dynamic: bool
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    mean_ms: float
+    images_per_s: float
+    params: int | None
+    gflops: float | None
+    gflops_per_s: float | None
+    peak_memory_mb: float | None
+    protocol: dict[str, Any] = field(default_factory=dict)
+    times_ms: list[float] = field(default_factory=list)
+
+    @property
+    def input(self) -> str:
+        h, w = self.size
+        return f"{h}x{w}/{w}x{h}" if self.dynamic else f"{h}x{w}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, nested (``protocol``) and with the raw timings: the JSON form."""
+        data = asdict(self)
+        data["size"] = list(self.size)
+        return data
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat row for CSV: scalar fields, ``height``/``width`` and ``protocol.<key>`` columns."""
+        data = self.to_dict()
+        h, w = data.pop("size")
+        data.pop("times_ms")
+        protocol = data.pop("protocol")
+        row = {"name": data.pop("name"), "height": h, "width": w, **data}
+        row.update({f"protocol.{k}": v for k, v in protocol.items()})
+        return row
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) with linear interpolation between order statistics (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(rank), math.ceil(rank)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+def benchmark(
+    model_or_callable: nn.Module | Forward,
+    sizes: Sequence[tuple[int, int]] = ((480, 640),),
+    batch_sizes: Sequence[int] = (1,),
+    device: str | torch.device = "cpu",
+    warmup: int = 5,
+    repeats: int = 20,
+    dynamic: bool = False,
+    dtype: torch.dtype = torch.float32,
+    name: str | None = None,
+    prepare: Callable[[nn.Module], Forward] | None = None,
+    threads: int | None = None,
+    timer: Callable[[], float] = time.perf_counter,
+) -> list[BenchResult]:
+    """Time ``model_or_callable`` at every ``(H, W)`` in ``sizes`` and every batch size; see the module docstring.
+
+    Args:
+        model_or_callable: maps a ``(B, 3, H, W)`` tensor to ``{"out": (B, C, H, W)}``. An ``nn.Module`` is put
+            in eval mode and moved to ``device`` and ``dtype`` in place; any other callable must already
+            live there. Parameters are counted when it has ``.parameters()`` (before ``prepare``).
+        sizes: input sizes ``(H, W)``; in ``dynamic`` mode each alternates with ``(W, H)``.
+        batch_sizes: ``B`` values; each (size, batch) pair is one result.
+        warmup: untimed passes before the timed ones, for each (size, batch).
+        repeats: timed passes for each (size, batch).
+        dynamic: alternate ``(H, W)`` / ``(W, H)`` on every call, as torchfcn's speed test does.
+        dtype: input dtype (and the module's, when it is one).
+        name: the name in the results (default: the registry name of an fcnkit model, else the type's).
+        prepare: called once on the eval-mode model, on its device and dtype; what it returns is timed (e.g.
+            ``fcnkit.optimize.optimize_for_inference``). FLOPs and parameters stay those of the model given.
+        threads: CPU threads (``torch.set_num_threads``) for the duration of the call; default unchanged.
+        timer: seconds as a float; called exactly twice per timed pass (before and after), so tests can
+            inject a fake clock.
+
+    Returns:
+        One ``BenchResult`` per (size, batch), sizes outermost.
+    """
+    sizes = [(int(h), int(w)) for h, w in sizes]
+    batch_sizes = [int(b) for b in batch_sizes]
+    if not sizes or any(h < 1 or w < 1 for h, w in sizes):
+        raise ValueError(f"sizes must be positive (H, W) pairs, got {sizes}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive, got {batch_sizes}")
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+
+    model = model_or_callable
+    if isinstance(model, nn.Module):
+        model.eval().to(device=device, dtype=dtype)
+    name = name or _model_name(model)
+    params = _count_params(model)
+
+    with _num_threads(threads):
+        forward = prepare(model) if prepare is not None else model
+        protocol = _protocol(device, dtype, warmup, repeats, dynamic, prepare, timer)
+        results = []
+        for h, w in sizes:
+            for batch in batch_sizes:
+                shapes = [(h, w), (w, h)] if dynamic else [(h, w)]
+                inputs = [torch.randn(batch, 3, *s, device=device, dtype=dtype) for s in shapes]
+                with torch.inference_mode():
+                    seconds = _time_forwards(forward, inputs, device, warmup, repeats, timer)
+                    flops = _count_flops(model, inputs)
+                    peaks = [_peak_memory(forward, x, device) for x in inputs]
+                    memory = None if None in peaks else max(peaks)
+                results.append(_result(name, (h, w), batch, dynamic, seconds, params, flops, memory, protocol))
+                del inputs
+    return results
+
+
+def _time_forwards(
+    forward: Forward, inputs: list[Tensor], device: torch.device, warmup: int, repeats: int, timer: Callable
+) -> list[float]:
+    """Seconds of each timed pass; call ``i`` (warm-up included) gets ``inputs[i % len(inputs)]``."""
+    for i in range(warmup):
+        forward(inputs[i % len(inputs)])
+    _sync(device)
+    seconds = []
+    for i in range(warmup, warmup + repeats):
+        x = inputs[i % len(inputs)]
+        _sync(device)
+        start = timer()
+        forward(x)
+        _sync(device)
+        seconds.append(timer() - start)
+    return seconds
+
+
+def _count_flops(model: Forward, inputs: list[Tensor]) -> float | None:
+    """Mean FLOPs of one forward over ``inputs`` (the two shapes of dynamic mode), or None if uncountable."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    try:
+        for x in inputs:
+            with FlopCounterMode(display=False) as counter:
+                model(x)
+            counts.append(counter.get_total_flops())
+    except Exception as e:  # a callable that dispatch modes cannot see through: report n/a, say why
+        warnings.warn(f"FLOPs could not be counted ({type(e).__name__}: {e}); reporting n/a", stacklevel=3)
+        return None
+    return sum(counts) / len(counts)
+
+
+def _peak_memory(forward: Forward, x: Tensor, device: torch.device) -> float | None:
+    """MiB allocated at the peak of one forward, above what was allocated before it (None: not measurable)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        forward(x)
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    # Kineto logs its start/stop (and, with a CUDA wheel on a machine without a GPU, a device-count error) to
+    # stderr on every profile; level 6 silences it. Only set when the user has not chosen a level.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        forward(x)
+    try:  # the raw allocation records are not public API: if a torch version moves them, report n/a
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except AttributeError:
+        return None
+    events = [e for e in events if e.device_type() == torch.autograd.DeviceType.CPU]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def _result(
+    name: str,
+    size: tuple[int, int],
+    batch: int,
+    dynamic: bool,
+    seconds: list[float],
+    params: int | None,
+    flops: float | None,
+    memory: float | None,
+    protocol: dict[str, Any],
+) -> BenchResult:
+    median = statistics.median(seconds)
+    return BenchResult(
+        name=name, size=size, batch=batch, dynamic=dynamic,
+        median_ms=1000 * median, p90_ms=1000 * percentile(seconds, 90), min_ms=1000 * min(seconds),
+        mean_ms=1000 * statistics.fmean(seconds),
+        images_per_s=batch / median if median > 0 else math.inf,
+        params=params,
+        gflops=flops / 1e9 if flops is not None else None,
+        gflops_per_s=flops / 1e9 / median if flops is not None and median > 0 else None,
+        peak_memory_mb=memory, protocol=dict(protocol), times_ms=[1000 * s for s in seconds],
+    )  # fmt: skip
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model_name(model: Any) -> str:
+    arch = getattr(model, "arch", None)
+    if isinstance(arch, dict) and arch.get("name"):
+        return str(arch["name"])
+    return getattr(model, "__name__", None) or type(model).__name__
+
+
+def _count_params(model: Any) -> int | None:
+    parameters = getattr(model, "parameters", None)
+    if not callable(parameters):
+        return None
+    return sum(p.numel() for p in parameters())
+
+
+@contextmanager
+def _num_threads(threads: int | None) -> Iterator[None]:
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return model or platform.processor() or platform.machine()
+
+
+def _protocol(
+    device: torch.device,
+    dtype: torch.dtype,
+    warmup: int,
+    repeats: int,
+    dynamic: bool,
+    prepare: Callable | None,
+    timer: Callable,
+) -> dict[str, Any]:
+    from . import __version__
+
+    protocol: dict[str, Any] = {
+        "device": str(device),
+        "device_name": _device_name(device),
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "warmup": warmup,
+        "repeats": repeats,
+        "dynamic": dynamic,
+        "sync": "cuda synchronize around every timed forward" if device.type == "cuda" else "none (CPU)",
+        "timer": _qualname(timer),
+        "prepare": _qualname(prepare) if prepare is not None else None,
+        "flops": FLOPS_METHOD,
+        "memory": MEMORY_METHODS["cuda" if device.type == "cuda" else "cpu"],
+        "torch": torch.__version__,
+        "fcnkit": __version__,
+    }
+    if device.type == "cuda":
+        protocol["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    else:  # oneDNN or PyTorch's native kernels: often a several-fold difference on CPU
+        protocol["mkldnn"] = torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+    return protocol
+
+
+def _qualname(fn: Callable) -> str:
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None) or repr(fn)
+    return f"{module}.{qualname}" if module else qualname
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:,.{digits}f}"
+
+
+def format_table(results: Sequence[BenchResult]) -> str:
+    """A fixed-width table of ``results`` followed by the protocol(s) they were measured under."""
+    header = ("model", "input HxW", "batch", "median ms", "p90 ms", "images/s", "params", "GFLOPs", "GFLOP/s",
+              "peak MiB")  # fmt: skip
+    rows = [
+        (
+            r.name, r.input, str(r.batch), _fmt(r.median_ms, 2), _fmt(r.p90_ms, 2), _fmt(r.images_per_s, 2),
+            f"{r.params / 1e6:.2f}M" if r.params is not None else "n/a", _fmt(r.gflops, 2), _fmt(r.gflops_per_s),
+            _fmt(r.peak_memory_mb),
+        )
+        for r in results
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    line = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    lines = [line.format(*header), "-" * (sum(widths) + 2 * (len(widths) - 1))]
+    lines += [line.format(*row) for row in rows]
+
+    protocols: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for r in results:
+        key = json.dumps(r.protocol, sort_keys=True, default=str)
+        protocols.setdefault(key, (r.protocol, []))[1].append(r.name)
+    for protocol, names in protocols.values():
+        lines.append("")
+        if len(protocols) > 1:
+            lines.append(f"for {', '.join(dict.fromkeys(names))}:")
+        lines += describe_protocol(protocol)
+    return "\n".join(lines)
+
+
+def describe_protocol(protocol: dict[str, Any]) -> list[str]:
+    """The protocol as a few readable lines (the footer of ``format_table``)."""
+    p = protocol
+    if not p:
+        return ["protocol: not recorded"]
+    dynamic = ", alternating HxW / WxH on every call (torchfcn dynamic mode)" if p.get("dynamic") else ""
+    prepare = f", model prepared by {p['prepare']}" if p.get("prepare") else ""
+    extra = "".join(f", {k.replace('_', '.')}={p[k]}" for k in ("cudnn_benchmark", "mkldnn") if k in p)
+    return [
+        f"protocol: eval + torch.inference_mode, random {p.get('dtype')} input preallocated on {p.get('device')}"
+        f"{dynamic}{prepare}; {p.get('warmup')} warm-up + {p.get('repeats')} timed whole forwards (final resize "
+        f"included) per row, timer {p.get('timer')}, sync: {p.get('sync')}{extra}; latency per batch, median "
+        f"and p90; images/s = batch / median",
+        f"device: {p.get('device')} ({p.get('device_name')}), {p.get('threads')} CPU threads; "
+        f"torch {p.get('torch')}, fcnkit {p.get('fcnkit')}",
+        f"GFLOPs per forward: {_LONG.get(p.get('flops'), p.get('flops'))}; GFLOP/s = GFLOPs / median",
+        f"peak MiB: {_LONG.get(p.get('memory'), p.get('memory'))}",
+    ]
+
+
+def write_csv(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
+    """One row per result: the scalar fields, ``height``/``width`` and ``protocol.<key>`` columns (no raw times;
+    ``write_json`` keeps those). ``None`` is written as an empty cell."""
+    rows = [r.to_row() for r in results]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows([{k: "" if v is None else v for k, v in row.items()} for row in rows])
+
+
+def write_json(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> None:
+    """A JSON list of results (``BenchResult.to_dict``: nested protocol, raw timings in ``times_ms``)."""
+    with open(path, "w") as f:
+        json.dump([r.to_dict() for r in results], f, indent=2)
+        f.write("\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``benchmark`` subcommand to ``fcnkit``'s subparsers."""
+    from .cli import _size  # here, not at the top: cli imports this module
+
+    p = subparsers.add_parser(
+        "benchmark", help="latency, images/s, FLOPs, parameters and peak memory of models",
+        description="Time whole forward passes of models (random weights for a bare name) and count their FLOPs "
+        "and peak memory; the table states the protocol (input, batch, dtype, warm-up, device, sync).",
+    )  # fmt: skip
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="a registered model name (random weights), an fcnkit checkpoint or '<model>.<weights tag>'")  # fmt: skip
+    p.add_argument("--size", type=_size, nargs="+", action="extend", metavar="HxW",
+                   help="input sizes (default 480x640, torchfcn's)")  # fmt: skip
+    p.add_argument("--batch", type=int, nargs="+", action="extend", metavar="N", help="batch sizes (default 1)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--warmup", type=int, default=5, help="untimed passes per size and batch (default 5)")
+    p.add_argument("--repeats", type=int, default=20, help="timed passes per size and batch (default 20)")
+    p.add_argument("--dynamic", action="store_true", help="alternate HxW and WxH on every call (torchfcn)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument("--num-classes", type=int, default=21, help="classes of models built by name (default 21)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model and input dtype")
+    p.add_argument("--fast", action="store_true", help="time fcnkit.optimize.optimize_for_inference(model)")
+    p.add_argument("--csv", metavar="FILE", help="also write the results to this CSV file")
+    p.add_argument("--json", metavar="FILE", help="also write the results (with raw timings) to this JSON file")
+    p.set_defaults(func=cmd_benchmark)
+    return p
+
+
+def _load(spec: str, num_classes: int) -> nn.Module:
+    """A registered name (or ``timm:<backbone>``) gets random weights; anything else goes to ``load_model``."""
+    from .inference import load_model
+    from .models import create_model
+    from .models.weights import looks_like_path
+
+    if spec.startswith("timm:") or not (looks_like_path(spec) or "." in spec):
+        torch.manual_seed(0)  # the same random weights on every run
+        return create_model(spec, num_classes=num_classes)
+    return load_model(spec)
+
+
+def _fast_prepare() -> Callable[[nn.Module], Forward]:
+    try:
+        from .optimize import optimize_for_inference
+    except ImportError as e:
+        raise ValueError(
+            f"--fast needs fcnkit.optimize.optimize_for_inference, which this installation lacks ({e})"
+        ) from None
+    return optimize_for_inference
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    prepare = _fast_prepare() if args.fast else None
+    sizes = args.size or [(480, 640)]
+    batches = args.batch or [1]
+    results: list[BenchResult] = []
+    for spec in args.models:
+        print(f"benchmarking {spec} ...", file=sys.stderr, flush=True)
+        model = _load(spec, args.num_classes)
+        name = Path(spec).name if os.sep in spec else spec
+        results += benchmark(model, sizes=sizes, batch_sizes=batches, device=args.device, warmup=args.warmup,
+                             repeats=args.repeats, dynamic=args.dynamic, dtype=DTYPES[args.dtype], name=name,
+                             prepare=prepare, threads=args.threads)  # fmt: skip
+        del model
+    print(format_table(results))
+    if args.csv:
+        write_csv(results, args.csv)
+        print(f"wrote {args.csv}")
+    if args.json:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
+    return 0
