@@ -9,7 +9,7 @@
     ``FlopCounterMode``, 2 x MACs) is given as a share of it.
 
     python benchmarks/peer_speed.py                      # CPU, fp32, batch 1, all paths
-    python benchmarks/peer_speed.py --paths eager fold_bn onnxruntime --repeats 20
+    python benchmarks/peer_speed.py --paths eager fold_bn --repeats 20
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import fcnkit
 from fcnkit.optimize import optimize_for_inference
 
-PATHS = ("eager", "fold_bn", "fold_bn+channels_last", "onnxruntime")
+PATHS = ("eager", "fold_bn", "fold_bn+channels_last")
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -75,8 +75,6 @@ def fcnkit_path(model: torch.nn.Module, path: str) -> Callable:
         return optimize_for_inference(model)
     if path == "fold_bn+channels_last":
         return optimize_for_inference(model, channels_last=True)
-    if path == "onnxruntime":
-        return optimize_for_inference(model, backend="onnxruntime")
     raise ValueError(path)
 
 

@@ -15,9 +15,10 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 import fcnkit
 from conftest import randomize_
+from fcnkit.cli import _family
 from fcnkit.models import Segmenter
 from fcnkit.models.backbones.resnet import ResNetBackbone
-from fcnkit.models.fastfcn import describe_variant, fastfcn
+from fcnkit.models.fastfcn import fastfcn
 from fcnkit.models.heads.aspp import ASPPHead
 from fcnkit.models.heads.encnet import EncHead, Encoding
 from fcnkit.models.heads.psp import PSPHead, PyramidPooling
@@ -56,10 +57,10 @@ def test_all_variants_registered_and_described():
     names = fcnkit.list_models()
     for name in VARIANTS:
         assert name in names
-        assert describe_variant(name)
-    assert describe_variant("fcn_resnet50_d8") is None
-    assert "JPU_X" in describe_variant("psp_resnet101_jpux")
-    assert "dilated" in describe_variant("enc_resnet50_d8")
+        assert "FastFCN" in _family(name)  # `fcnkit models` describes every variant as FastFCN's
+    assert "FastFCN" not in _family("fcn_resnet50_d8") and "FCNHead" in _family("fcn_resnet50_d8")
+    assert "JPU_X" in _family("psp_resnet101_jpux")
+    assert "dilated" in _family("enc_resnet50_d8") and "EncNet" in _family("enc_resnet50_d8")
 
 
 @pytest.mark.parametrize("name", R50)

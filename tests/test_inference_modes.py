@@ -103,6 +103,16 @@ def test_flip_mirrors_the_logits_back():
     assert torch.equal(out[0, 0], torch.full((2, 5), 2.0)) and torch.equal(out[0, 1], torch.full((2, 5), -2.0))
 
 
+def test_predictor_tile_turns_whole_passes_into_windows(model):
+    x = torch.randn(1, 3, 45, 61)
+    flip_tiled = fcnkit.Predictor(model, tile=32, inference=InferenceConfig(flip=True), optimize=False)
+    assert flip_tiled.inference == InferenceConfig(mode="slide", crop_size=[32, 32], stride=[21, 21], flip=True)
+    explicit = InferenceConfig(mode="slide", crop_size=[40], stride=[20])
+    assert fcnkit.Predictor(model, tile=32, inference=explicit, optimize=False).inference == explicit
+    with torch.no_grad():
+        torch.testing.assert_close(flip_tiled._logits(x), infer_logits(model, x, flip_tiled.inference))
+
+
 def test_base_size_sets_the_long_side():
     assert _scaled_size(375, 500, 1.0, 520) == (390, 520)
     assert _scaled_size(500, 375, 0.5, 520) == (260, 195)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import sys
 import time
@@ -17,19 +18,30 @@ from .hub import ChecksumError, OfflineError
 from .models import create_model, list_models
 from .models.weights import MODEL_WEIGHTS
 
+_FASTFCN_HEADS = {
+    "enc": "EncNet (context encoding)",
+    "psp": "PSPNet (pyramid pooling)",
+    "deeplabv3": "DeepLabV3 (ASPP)",
+}
+_FASTFCN_NECKS = {
+    "jpu": "on a stride-32 ResNet + JPU (FastFCN)",
+    "jpux": "on a stride-32 ResNet + JPU_X (FastFCN)",
+    "d8": "on a dilated ResNet, output stride 8 (FastFCN's baseline)",
+}
+#: (fnmatch pattern, one-line description) for `fcnkit models`; the first matching pattern wins.
 FAMILIES = (
-    ("_atonce_vgg16", "VGG16 FCN-8s trained at once (pool4 x0.01, pool3 x0.0001), Caffe geometry"),
-    ("_vgg16", "VGG16 FCN, Caffe geometry (pad 100, ceil pools, fixed crops)"),
-    ("_timm", "any timm features_only backbone (backbone=...)"),
-    ("_d8", "FCNHead on a dilated ResNet, output stride 8 (torchvision form)"),
-    ("_d16", "FCNHead on a dilated ResNet, output stride 16"),
-)
+    *((f"{head}_resnet*_{neck}", f"{head_text} {neck_text}")
+      for head, head_text in _FASTFCN_HEADS.items() for neck, neck_text in _FASTFCN_NECKS.items()),
+    ("*_atonce_vgg16", "VGG16 FCN-8s trained at once (pool4 x0.01, pool3 x0.0001), Caffe geometry"),
+    ("*_vgg16", "VGG16 FCN, Caffe geometry (pad 100, ceil pools, fixed crops)"),
+    ("*_timm", "any timm features_only backbone (backbone=...)"),
+    ("*_d8", "FCNHead on a dilated ResNet, output stride 8 (torchvision form)"),
+    ("*_d16", "FCNHead on a dilated ResNet, output stride 16"),
+)  # fmt: skip
 
 
 def _family(name: str) -> str:
-    from .models.fastfcn import describe_variant
-
-    return describe_variant(name) or next((text for suffix, text in FAMILIES if name.endswith(suffix)), "")
+    return next((text for pattern, text in FAMILIES if fnmatch.fnmatchcase(name, pattern)), "")
 
 
 def _count_params(name: str, num_classes: int) -> int:
@@ -86,7 +98,7 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
 
 def _inference_from_args(args: argparse.Namespace, base: dict | None = None):
     """An InferenceConfig: ``base`` (e.g. a run's ``test`` section) with the command-line options on top."""
-    from .config import InferenceConfig, config_from_dict
+    from .config import inference_config
 
     data = dict(base or {})
     if args.scales is not None:
@@ -101,7 +113,7 @@ def _inference_from_args(args: argparse.Namespace, base: dict | None = None):
         data.update(mode="slide", crop_size=list(args.slide))
     if args.stride is not None:
         data["stride"] = list(args.stride)
-    return config_from_dict({"test": data}).test if data else InferenceConfig()
+    return inference_config(data)
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
@@ -182,10 +194,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import Predictor, expand_inputs, predict_files
 
-    if args.tile and args.slide is None:
-        args.slide = (args.tile, args.tile)  # --tile N is --slide N (images smaller than N run whole)
-    predictor = Predictor(args.model, device=args.device, batch_size=1, inference=_inference_from_args(args),
-                          optimize=not args.no_optimize)  # fmt: skip
+    predictor = Predictor(args.model, device=args.device, tile=args.tile, batch_size=1,
+                          inference=_inference_from_args(args), optimize=not args.no_optimize)  # fmt: skip
     paths = expand_inputs(args.inputs)
     report = predict_files(predictor, paths, args.out, probs=args.probs, alpha=args.alpha)
     skipped = len(report.skipped)

@@ -89,7 +89,7 @@ class OptimConfig:
     bias_lr_mult: float = 1.0
     bias_decay: bool = True
     norm_decay: bool = True
-    #: lr multiplier of the heads (classifier, aux_classifier); FastFCN / torchvision recipes use 10
+    #: lr multiplier of the heads (neck, classifier, aux_classifier); FastFCN / torchvision recipes use 10
     head_lr_mult: float = 1.0
 
 
@@ -333,6 +333,13 @@ def validate_inference(cfg: InferenceConfig, prefix: str = "") -> None:
         raise ConfigError(f"{prefix}scales must be a non-empty list of positive factors, got {cfg.scales}")
     if cfg.base_size is not None and cfg.base_size < 1:
         raise ConfigError(f"{prefix}base_size must be positive, got {cfg.base_size}")
+
+
+def inference_config(data: dict[str, Any]) -> InferenceConfig:
+    """A validated ``InferenceConfig`` from the keys of a recipe's ``test:`` section."""
+    cfg = _build(InferenceConfig, data, "test.")
+    validate_inference(cfg, "test.")
+    return cfg
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

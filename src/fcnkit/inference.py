@@ -7,6 +7,7 @@ indices at the input's resolution, optionally with class probabilities.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 import os
@@ -196,8 +197,8 @@ class Predictor:
             in both directions are run whole, which is the same thing).
         overlap: fraction of a tile shared by neighbouring windows.
         batch_size: images of identical size are batched together up to this many.
-        inference: test-time options (scales, flip, slide); overrides ``tile``. See
-            :class:`fcnkit.config.InferenceConfig`.
+        inference: test-time options (scales, flip, slide; see :class:`fcnkit.config.InferenceConfig`).
+            ``tile`` turns its whole-image passes into sliding windows; an explicit slide setting wins.
         optimize: run through :func:`fcnkit.optimize_for_inference` with its exact defaults (BatchNorm folded
             into the convolutions, checked against the plain model on a random input); if that check fails
             the plain model is used and a warning says why.
@@ -213,10 +214,11 @@ class Predictor:
         if optimize:
             self.model = optimized_or_plain(self.model)
         self.batch_size = max(1, batch_size)
-        if inference is None and tile:
+        inference = inference or InferenceConfig()
+        if tile and inference.mode == "whole":
             stride = max(1, round(tile * (1 - overlap)))
-            inference = InferenceConfig(mode="slide", crop_size=[tile, tile], stride=[stride, stride])
-        self.inference = inference or InferenceConfig()
+            inference = dataclasses.replace(inference, mode="slide", crop_size=[tile, tile], stride=[stride, stride])
+        self.inference = inference
         self.num_classes = int(self.model.num_classes or 0)
         self.classes = list(self.model.classes or [f"class {i}" for i in range(self.num_classes)])
 

@@ -193,28 +193,27 @@ class SegmentationLoss(nn.Module):
         loss = main
         parts: dict[str, float] = {"main": float(main.detach())}
         if self.aux_weight > 0:
-            aux_logits = outputs.get("aux")
-            if aux_logits is None:
-                raise ValueError(
-                    f"aux_weight={self.aux_weight} but the model output has no 'aux' logits: build the model "
-                    "with aux=True, or set aux_weight=0"
-                )
+            aux_logits = _required(outputs, "aux", self.aux_weight, "build the model with aux=True")
             aux = self._single(aux_logits, target, "aux")
             loss = loss + self.aux_weight * aux
             parts["aux"] = float(aux.detach())
         if self.se_weight > 0:
-            se_logits = outputs.get("se")
-            if se_logits is None:
-                raise ValueError(
-                    f"se_weight={self.se_weight} but the model output has no 'se' logits: use an EncNet model "
-                    "built with se_loss=True, or set se_weight=0"
-                )
+            se_logits = _required(outputs, "se", self.se_weight, "use an EncNet model built with se_loss=True")
             presence = class_presence(target, se_logits.shape[1], self.ignore_index)
             se = F.binary_cross_entropy_with_logits(se_logits.float(), presence)
             loss = loss + self.se_weight * se
             parts["se"] = float(se.detach())
         parts["total"] = float(loss.detach())
         return loss, parts
+
+
+def _required(outputs: Mapping[str, Tensor], key: str, weight: float, fix: str) -> Tensor:
+    """``outputs[key]``, or an error saying which loss weight asked for it and how to provide it."""
+    if outputs.get(key) is None:
+        raise ValueError(
+            f"{key}_weight={weight} but the model output has no {key!r} logits: {fix}, or set {key}_weight=0"
+        )
+    return outputs[key]
 
 
 def median_frequency_weights(

@@ -30,7 +30,8 @@ from fcnkit.data.base import (
     resolve_split,
     voc_palette,
 )
-from fcnkit.data.io import DataError, PathLike
+from fcnkit.data.io import PathLike
+from fcnkit.data.voc import find_devkit_year
 
 #: The 59 classes in the order of their converted label value 1..59 (alphabetical).
 CONTEXT59_CLASSES = [
@@ -48,15 +49,8 @@ CONTEXT_IGNORE_INDEX = 255
 
 def find_context_root(root: PathLike) -> Path:
     """The ``VOC2010`` folder, given it, ``VOCdevkit`` or the folder that holds ``VOCdevkit``."""
-    root = Path(root).expanduser()
-    for candidate in (root, root / "VOC2010", root / "VOCdevkit" / "VOC2010"):
-        if (candidate / "ImageSets" / "SegmentationContext").is_dir():
-            return candidate
-    raise DataError(
-        f"no PASCAL Context dataset found under {root}: expected {root}/ImageSets/SegmentationContext or "
-        f"{root}/VOCdevkit/VOC2010/ImageSets/SegmentationContext (the layout mmsegmentation's "
-        "pascal_context converter writes, with labels in SegmentationClassContext/)"
-    )
+    hint = " (the layout mmsegmentation's pascal_context converter writes, with labels in SegmentationClassContext/)"
+    return find_devkit_year(root, "VOC2010", "SegmentationContext", "PASCAL Context", hint)
 
 
 @DATASETS.register()

@@ -40,16 +40,22 @@ VOC_CLASSES = [
 VOC_IGNORE_INDEX = 255
 
 
-def find_voc_root(root: PathLike) -> Path:
-    """The ``VOC2012`` folder, given it, ``VOCdevkit`` or the folder that holds ``VOCdevkit``."""
+def find_devkit_year(root: PathLike, year: str, image_sets: str, dataset: str, hint: str = "") -> Path:
+    """The ``VOCdevkit/<year>`` folder (e.g. ``VOC2012``) holding ``ImageSets/<image_sets>``, given that folder,
+    ``VOCdevkit`` or the folder that holds ``VOCdevkit``; a DataError naming what was expected otherwise."""
     root = Path(root).expanduser()
-    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
-        if (candidate / "ImageSets" / "Segmentation").is_dir():
+    for candidate in (root, root / year, root / "VOCdevkit" / year):
+        if (candidate / "ImageSets" / image_sets).is_dir():
             return candidate
     raise DataError(
-        f"no VOC2012 dataset found under {root}: expected {root}/ImageSets/Segmentation or "
-        f"{root}/VOCdevkit/VOC2012/ImageSets/Segmentation"
+        f"no {dataset} dataset found under {root}: expected {root}/ImageSets/{image_sets} or "
+        f"{root}/VOCdevkit/{year}/ImageSets/{image_sets}{hint}"
     )
+
+
+def find_voc_root(root: PathLike) -> Path:
+    """The ``VOC2012`` folder, given it, ``VOCdevkit`` or the folder that holds ``VOCdevkit``."""
+    return find_devkit_year(root, "VOC2012", "Segmentation", "VOC2012")
 
 
 def find_sbd_root(root: PathLike) -> Path:

@@ -29,12 +29,6 @@ HEADS = ("enc", "psp", "deeplabv3")
 NECKS = ("jpu", "jpux", None)
 DEPTHS = (50, 101)
 
-_HEAD_TEXT = {"enc": "EncNet (context encoding)", "psp": "PSPNet (pyramid pooling)", "deeplabv3": "DeepLabV3 (ASPP)"}
-_NECK_TEXT = {
-    "jpu": "on a stride-32 ResNet + JPU (FastFCN)",
-    "jpux": "on a stride-32 ResNet + JPU_X (FastFCN)",
-    None: "on a dilated ResNet, output stride 8 (FastFCN's baseline)",
-}
 _SUFFIX = {"jpu": "jpu", "jpux": "jpux", None: "d8"}
 
 
@@ -105,18 +99,6 @@ def fastfcn(
             raise ValueError(f"{resolved.source} does not fit the ResNet-{depth} backbone{hint}: {err}") from None
         set_metadata(model, resolved.preprocessing or IMAGENET)
     return model
-
-
-def describe_variant(name: str) -> str | None:
-    """One line for ``fcnkit models``: e.g. ``"EncNet (context encoding) on a stride-32 ResNet + JPU (FastFCN)"``.
-
-    None when ``name`` is not one of this module's variants.
-    """
-    for head in HEADS:
-        for neck in NECKS:
-            if any(name == f"{head}_resnet{d}_{_SUFFIX[neck]}" for d in DEPTHS):
-                return f"{_HEAD_TEXT[head]} {_NECK_TEXT[neck]}"
-    return None
 
 
 for _head in HEADS:
