@@ -4,20 +4,29 @@
     512x512; (b) ``fcn8s_vgg16`` against the same network as a plain torchfcn-layout module
     (``tests/reference_torchfcn.py``), at 480x640. The peer's weights are loaded into fcnkit's model, so both
     compute the same function; each fcnkit path is checked against the peer's logits (max difference and
-    arg-max agreement) before it is timed. The machine's practical fp32 peak is measured in the same run as
-    the best GFLOP/s of a large matrix multiply, and each row's GFLOP/s (FLOPs counted with
-    ``FlopCounterMode``, 2 x MACs) is given as a share of it.
+    arg-max agreement) before it is timed.
 
-    python benchmarks/peer_speed.py                      # CPU, fp32, batch 1, all paths
-    python benchmarks/peer_speed.py --paths eager fold_bn --repeats 20
+Timing is interleaved: after the warm-up, every round runs the peer and each path once, in turn, and the
+figures are medians over rounds. A shared machine drifts by 10-20 % within minutes; interleaving lets the
+drift hit every row alike, and the ratio column is the median of the per-round ratios (peer / path).
+
+The machine's practical fp32 peak is measured in the same run as the best GFLOP/s of large matrix multiplies
+(2048 and 4096 square), and each row's GFLOP/s (FLOPs counted with ``FlopCounterMode`` on the peer, 2 x MACs)
+is given as a share of it.
+
+    python benchmarks/peer_speed.py                                # CPU, fp32, batch 1, default paths
+    python benchmarks/peer_speed.py --paths fold_bn onnxruntime compile --rounds 20
+    python benchmarks/peer_speed.py --device cuda --paths fold_bn+channels_last bf16 compile_bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,20 +36,35 @@ import torch
 import fcnkit
 from fcnkit.optimize import optimize_for_inference
 
-PATHS = ("eager", "fold_bn", "fold_bn+channels_last")
+#: Exact paths (fp32; logits within float rounding of the peer's).
+EXACT_PATHS = ("eager", "fold_bn", "fold_bn+channels_last", "onnxruntime", "compile")
+#: Reduced-precision paths (opt-in; their arg-max agreement with the fp32 peer is printed).
+REDUCED_PATHS = ("bf16", "fp16", "compile_bf16")
+DEFAULT_PATHS = ("eager", "fold_bn", "fold_bn+channels_last", "onnxruntime")
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """Best GFLOP/s of an n x n fp32 matrix multiply (2 n^3 FLOPs)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
+def matmul_peak(device: torch.device, sizes: tuple[int, ...] = (2048, 4096), repeats: int = 5) -> float:
+    """Best GFLOP/s of n x n fp32 matrix multiplies (2 n^3 FLOPs each)."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        a @ b
+        for _ in range(repeats):
+            seconds = _timed(lambda a=a, b=b: a @ b, device)
+            best = max(best, 2 * n**3 / seconds / 1e9)
+    return best
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
     start = time.perf_counter()
     fn()
+    _sync(device)
     return time.perf_counter() - start
 
 
@@ -52,13 +76,6 @@ def count_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def time_model(fn: Callable[[torch.Tensor], dict], x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        return [_timed(lambda: fn(x)) * 1000 for _ in range(repeats)]
-
-
 def randomise_bn(model: torch.nn.Module) -> None:
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -68,13 +85,22 @@ def randomise_bn(model: torch.nn.Module) -> None:
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
-def fcnkit_path(model: torch.nn.Module, path: str) -> Callable:
+def fcnkit_path(model: torch.nn.Module, path: str, onnx_dir: str) -> Callable:
+    """The callable for one path; every one goes through ``optimize_for_inference`` except plain eager."""
     if path == "eager":
         return model
     if path == "fold_bn":
-        return optimize_for_inference(model)
+        return optimize_for_inference(model, channels_last=False)
     if path == "fold_bn+channels_last":
         return optimize_for_inference(model, channels_last=True)
+    if path == "onnxruntime":
+        return optimize_for_inference(model, backend="onnxruntime", onnx_path=os.path.join(onnx_dir, "m.onnx"))
+    if path == "compile":
+        return optimize_for_inference(model, compile=True)
+    if path in ("bf16", "fp16"):
+        return optimize_for_inference(model, channels_last=True, amp=path)
+    if path == "compile_bf16":
+        return optimize_for_inference(model, channels_last=True, amp="bf16", compile=True)
     raise ValueError(path)
 
 
@@ -104,49 +130,75 @@ def peer_and_fcnkit(case: str) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     return peer, ours, "torchfcn-layout FCN8s"
 
 
+def run_case(case: str, paths: list[str], args: argparse.Namespace, device: torch.device, peak: float) -> None:
+    kind, size = case.split(":")
+    h, w = (int(v) for v in size.split("x"))
+    peer, ours, peer_name = peer_and_fcnkit(kind)
+    peer, ours = peer.to(device), ours.to(device)
+    x = torch.randn(1, 3, h, w, device=device)
+    gflops = count_gflops(peer, x)
+    runners: dict[str, Callable] = {"peer": peer if kind == "resnet" else (lambda t, net=peer: {"out": net(t)})}
+    with torch.inference_mode():
+        reference = runners["peer"](x)["out"].float()
+    checks = {}
+    with tempfile.TemporaryDirectory() as onnx_dir:
+        for path in paths:
+            start = time.perf_counter()
+            try:
+                fn = fcnkit_path(ours, path, onnx_dir)
+            except (RuntimeError, ImportError, ValueError) as e:
+                print(f"{kind} {h}x{w}: path {path} unavailable: {str(e).splitlines()[0]}")
+                continue
+            prepare = time.perf_counter() - start
+            with torch.inference_mode():
+                out = fn(x)["out"].float()
+            diff = float((out - reference).abs().max())
+            agree = float((out.argmax(1) == reference.argmax(1)).float().mean())
+            checks[path] = f"max|diff| {diff:.1e}, argmax {agree:.4%}, prepared in {prepare:.0f} s"
+            runners[path] = fn
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        with torch.inference_mode():
+            for fn in runners.values():
+                for _ in range(args.warmup):
+                    fn(x)
+            for _ in range(args.rounds):
+                for name, fn in runners.items():
+                    times[name].append(_timed(lambda fn=fn: fn(x), device) * 1000)
+    label = f"{kind} {h}x{w}"
+    for name, ms in times.items():
+        med, p90 = statistics.median(ms), sorted(ms)[int(0.9 * (len(ms) - 1))]
+        ratio = statistics.median(p / m for p, m in zip(times["peer"], ms, strict=True))
+        shown = f"peer: {peer_name}" if name == "peer" else f"fcnkit {name}"
+        print(f"{label:<16}{shown:<28}{med:>10.1f}{p90:>9.1f}{gflops / med * 1e3:>9.1f}"
+              f"{gflops / med * 1e3 / peak:>8.0%}{ratio:>8.2f}x  {checks.get(name, '')}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=EXACT_PATHS + REDUCED_PATHS)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed forwards per runner (default 2)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds; each runs every runner once")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", nargs="+", default=["resnet:360x480", "resnet:512x512", "vgg:480x640"])
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    peak = matmul_peak()
-    print(f"practical fp32 peak (best 2048x2048 matmul): {peak:.1f} GFLOP/s on {torch.get_num_threads()} threads")
-    header = f"{'case':<28}{'path':<26}{'median ms':>10}{'p90 ms':>9}{'GFLOP/s':>9}{'% peak':>8}{'vs peer':>9}  check"
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    peak = matmul_peak(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"practical fp32 peak (best large matmul): {peak:.1f} GFLOP/s on {where}")
+    header = f"{'case':<16}{'path':<28}{'median ms':>10}{'p90 ms':>9}{'GFLOP/s':>9}{'% peak':>8}{'vs peer':>9}  check"
     print(header)
     print("-" * len(header))
     for case in args.cases:
-        kind, size = case.split(":")
-        h, w = (int(v) for v in size.split("x"))
-        peer, ours, peer_name = peer_and_fcnkit(kind)
-        x = torch.randn(1, 3, h, w)
-        gflops = count_gflops(peer, x)
-        peer_fn = peer if kind == "resnet" else (lambda t, net=peer: {"out": net(t)})
-        with torch.inference_mode():
-            reference = peer_fn(x)["out"]
-        peer_ms = statistics.median(time_model(peer_fn, x, args.warmup, args.repeats))
-        label = f"{kind} {h}x{w}"
-        print(f"{label:<28}{'peer: ' + peer_name:<26}{peer_ms:>10.1f}{'':>9}{gflops / peer_ms * 1e3:>9.1f}"
-              f"{gflops / peer_ms * 1e3 / peak:>8.0%}{1.0:>8.2f}x")  # fmt: skip
-        for path in args.paths:
-            fn = fcnkit_path(ours, path)
-            with torch.inference_mode():
-                out = fn(x)["out"]
-            diff = float((out - reference).abs().max())
-            agree = float((out.argmax(1) == reference.argmax(1)).float().mean())
-            times = time_model(fn, x, args.warmup, args.repeats)
-            med, p90 = statistics.median(times), sorted(times)[int(0.9 * (len(times) - 1))]
-            print(f"{label:<28}{'fcnkit ' + path:<26}{med:>10.1f}{p90:>9.1f}{gflops / med * 1e3:>9.1f}"
-                  f"{gflops / med * 1e3 / peak:>8.0%}{peer_ms / med:>8.2f}x  max|diff| {diff:.1e}, "
-                  f"argmax {agree:.4%}")  # fmt: skip
-    print(f"\nprotocol: batch 1, fp32, random weights shared by peer and fcnkit, eval + inference_mode, "
-          f"{args.warmup} warm-up + {args.repeats} timed forwards per row (median, p90), GFLOPs counted with "
-          f"FlopCounterMode on the peer ({platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__})")  # fmt: skip
+        run_case(case, args.paths, args, device, peak)
+    print(f"\nprotocol: batch 1, fp32 input, random weights shared by peer and fcnkit, eval + inference_mode, "
+          f"{args.warmup} warm-up forwards per runner, then {args.rounds} interleaved rounds (median, p90; 'vs peer' "
+          f"= median of per-round peer/path ratios), GFLOPs counted with FlopCounterMode on the peer "
+          f"({platform.machine()}, {device.type}, {torch.get_num_threads()} CPU threads, torch {torch.__version__})")  # fmt: skip
     return 0
 
 

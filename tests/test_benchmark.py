@@ -153,16 +153,12 @@ def test_cli_prints_a_table_with_the_protocol(tmp_path, capsys):
     assert saved["protocol"]["warmup"] == 0 and saved["size"] == [32, 48]
 
 
-def test_cli_fast_uses_optimize_for_inference_or_says_it_is_missing(monkeypatch, capsys):
+def test_cli_fast_uses_optimize_for_inference_with_the_backend_asked(monkeypatch, capsys):
     argv = ["fcn_resnet18_d16", "--size", "16x16", "--warmup", "0", "--repeats", "1", "--fast"]
-    monkeypatch.setitem(sys.modules, "fcnkit.optimize", None)  # makes the import fail
-    with pytest.raises(ValueError, match=r"--fast needs fcnkit\.optimize\.optimize_for_inference"):
-        _run_cli(argv)
-
     prepared = []
 
-    def optimize_for_inference(model):
-        prepared.append(model)
+    def optimize_for_inference(model, backend="torch"):
+        prepared.append((model, backend))
         return lambda x: model(x)
 
     optimize_for_inference.__module__ = "fcnkit.optimize"
@@ -172,5 +168,8 @@ def test_cli_fast_uses_optimize_for_inference_or_says_it_is_missing(monkeypatch,
     fake.optimize_for_inference = optimize_for_inference
     monkeypatch.setitem(sys.modules, "fcnkit.optimize", fake)
     assert _run_cli(argv) == 0
-    assert len(prepared) == 1 and not prepared[0].training
+    assert len(prepared) == 1 and not prepared[0][0].training and prepared[0][1] == "torch"
     assert "prepared by fcnkit.optimize.optimize_for_inference" in capsys.readouterr().out
+    assert _run_cli([*argv[:-1], "--backend", "onnxruntime"]) == 0  # --backend implies --fast
+    assert prepared[1][1] == "onnxruntime"
+    assert "prepared by fcnkit.optimize.optimize_for_inference(backend='onnxruntime')" in capsys.readouterr().out

@@ -106,3 +106,48 @@ def test_a_broken_optimisation_is_refused(monkeypatch):
     with pytest.warns(UserWarning, match="unoptimised"):
         predictor = fcnkit.Predictor(model)
     assert predictor.model is not None and any(isinstance(m, nn.BatchNorm2d) for m in predictor.model.modules())
+
+
+def test_onnxruntime_backend_keeps_predictions_and_the_contract(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = _randomise_bn(fcnkit.create_model("fcn_resnet18_d8", num_classes=3))
+    model.classes, model.palette = ["a", "b", "c"], [(0, 0, 0), (9, 9, 9), (99, 99, 99)]
+    fast = optimize_for_inference(model, backend="onnxruntime", check_size=(40, 48), onnx_path=tmp_path / "m.onnx")
+    assert fast.report.applied == ["fold_bn", "onnxruntime"] and fast.report.argmax_agreement >= 0.999
+    assert (tmp_path / "m.onnx").stat().st_size > 1e6  # the weights (11 M parameters) are in the file
+    assert fast.classes == ["a", "b", "c"] and fast.num_classes == 3 and fast.preprocessing == model.preprocessing
+    # another size than the check's, odd in both directions: the graph follows the input
+    x = torch.randn(2, 3, 37, 53)
+    with torch.no_grad():
+        expected = model(x)["out"]
+    got = fast(x)["out"]
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # a temporary file by default, removed once the session holds the graph
+    before = set(tmp_path.parent.iterdir())
+    assert optimize_for_inference(model, backend="onnxruntime", check_size=(33, 41)).report.argmax_agreement == 1.0
+    assert set(tmp_path.parent.iterdir()) == before
+    with pytest.raises(ValueError, match="takes no channels_last"):
+        optimize_for_inference(model, backend="onnxruntime", channels_last=True)
+    with pytest.raises(ValueError, match="backend must be"):
+        optimize_for_inference(model, backend="tensorrt")
+
+
+def test_predictor_runs_an_onnx_runtime_model(tmp_path):
+    """A parameter-less model (ONNX Runtime) is used as it is: nothing to fold, no check."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from fcnkit.export import OnnxRuntimeModel, export_onnx
+
+    model = _randomise_bn(fcnkit.create_model("fcn_resnet18_d16", num_classes=3))
+    export_onnx(model, tmp_path / "m.onnx", sample_size=(32, 48), verify=False)
+    runtime = OnnxRuntimeModel(tmp_path / "m.onnx")
+    predictor = fcnkit.Predictor(runtime)
+    assert predictor.model is runtime
+    rgb = torch.randint(0, 256, (3, 41, 57), dtype=torch.uint8).permute(1, 2, 0).numpy()
+    labels = predictor.predict(rgb).label
+    assert fcnkit.Predictor(str(tmp_path / "m.onnx")).model.num_classes == 3  # a .onnx path is read the same way
+    with torch.no_grad():
+        expected = model(model.preprocessing(torch.from_numpy(rgb).permute(2, 0, 1)[None]))["out"].argmax(1)[0]
+    assert (torch.as_tensor(labels) == expected).float().mean() >= 0.999

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -231,3 +232,33 @@ def test_median_frequency_weights_from_the_training_labels(folder_data, tmp_path
     expected = np.median(freq) / freq  # SegNet's median frequency balancing
     got = _class_weights(cfg, build_dataset("folder", str(folder_data), "train"))
     assert np.allclose(got, expected, rtol=1e-6)
+
+
+def test_time_budget_ends_training_and_completes_the_cosine_schedule(folder_data, tmp_path):
+    out = tmp_path / "budget"
+    budget_s = 6.0
+    cfg = tiny_config(folder_data, out, f"schedule.budget_minutes={budget_s / 60}", "schedule.epochs=1",
+                      "eval_every=0", "pictures=0", "schedule.warmup_steps=0")  # fmt: skip
+    result = train(cfg)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss_total" in r]
+    # ran past schedule.epochs=1 (the budget replaces it) ...
+    assert result.steps == len(steps) and steps[-1]["epoch"] > 1
+    # ... and stopped at the first step that reached the budget
+    spent = [r["train_minutes"] * 60 for r in steps]
+    assert spent[-1] >= budget_s and spent[-2] < budget_s
+    # the lr after each step is the cosine of the budget fraction spent at that step (the log's clock is read a
+    # moment later than the scheduler's, hence the tolerance)
+    for r, s in zip(steps, spent, strict=True):
+        expected = 0.003 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / budget_s)))
+        assert r["lr"] == pytest.approx(expected, abs=0.003 * 0.03)
+    assert steps[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # evaluated once, at the end, with the minutes logged; the checkpoint keeps the clock
+    (val,) = [r for r in records if "val" in r]
+    assert val["train_minutes"] * 60 >= budget_s and val["step"] == result.steps
+    ckpt = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["progress"]["train_time"] == pytest.approx(val["train_minutes"] * 60)
+    # resuming a finished budget run trains no further
+    assert train(cfg).steps == result.steps
+    with pytest.raises(ConfigError, match="budget_minutes must be > 0"):
+        tiny_config(folder_data, out, "schedule.budget_minutes=0")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -368,6 +369,9 @@ def _protocol(
 
 
 def _qualname(fn: Callable) -> str:
+    if isinstance(fn, functools.partial):
+        options = ", ".join(f"{k}={v!r}" for k, v in fn.keywords.items())
+        return f"{_qualname(fn.func)}({options})"
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None) or repr(fn)
     return f"{module}.{qualname}" if module else qualname
@@ -477,6 +481,8 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--num-classes", type=int, default=21, help="classes of models built by name (default 21)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model and input dtype")
     p.add_argument("--fast", action="store_true", help="time fcnkit.optimize.optimize_for_inference(model)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"),
+                   help="the backend of --fast (implies it); onnxruntime exports the model to ONNX first")  # fmt: skip
     p.add_argument("--csv", metavar="FILE", help="also write the results to this CSV file")
     p.add_argument("--json", metavar="FILE", help="also write the results (with raw timings) to this JSON file")
     p.set_defaults(func=cmd_benchmark)
@@ -495,18 +501,14 @@ def _load(spec: str, num_classes: int) -> nn.Module:
     return load_model(spec)
 
 
-def _fast_prepare() -> Callable[[nn.Module], Forward]:
-    try:
-        from .optimize import optimize_for_inference
-    except ImportError as e:
-        raise ValueError(
-            f"--fast needs fcnkit.optimize.optimize_for_inference, which this installation lacks ({e})"
-        ) from None
-    return optimize_for_inference
+def _fast_prepare(backend: str) -> Callable[[nn.Module], Forward]:
+    from .optimize import optimize_for_inference
+
+    return optimize_for_inference if backend == "torch" else functools.partial(optimize_for_inference, backend=backend)
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    prepare = _fast_prepare() if args.fast else None
+    prepare = _fast_prepare(args.backend or "torch") if args.fast or args.backend else None
     sizes = args.size or [(480, 640)]
     batches = args.batch or [1]
     results: list[BenchResult] = []

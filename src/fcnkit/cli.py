@@ -87,6 +87,9 @@ def _window(text: str) -> tuple[int, int]:
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-optimize", action="store_true",
                    help="run the model as built (default: BatchNorm folded into convolutions, checked exact)")  # fmt: skip
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="onnxruntime: export the model to ONNX once and run it with ONNX Runtime on the CPU "
+                        "(fcnkit[onnx]; the fastest exact path on CPU, see README 'Speed')")  # fmt: skip
     g = p.add_argument_group("test-time inference (default: one whole-image pass)")
     g.add_argument("--scales", type=float, nargs="+", metavar="S", help="average over these resize factors")
     g.add_argument("--base-size", type=int, help="scales resize the long side to base_size x S (FastFCN)")
@@ -171,7 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.no_optimize:
         from .inference import optimized_or_plain
 
-        model = optimized_or_plain(model)
+        model = optimized_or_plain(model, args.backend)
     inference = _inference_from_args(args, (ckpt.get("config") or {}).get("test"))
     metrics = evaluate(model, dataset, device, batch_size=args.batch_size, workers=args.workers, show_progress=True,
                        inference=inference)  # fmt: skip
@@ -195,7 +198,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference import Predictor, expand_inputs, predict_files
 
     predictor = Predictor(args.model, device=args.device, tile=args.tile, batch_size=1,
-                          inference=_inference_from_args(args), optimize=not args.no_optimize)  # fmt: skip
+                          inference=_inference_from_args(args), optimize=not args.no_optimize,
+                          backend=args.backend)  # fmt: skip
     paths = expand_inputs(args.inputs)
     report = predict_files(predictor, paths, args.out, probs=args.probs, alpha=args.alpha)
     skipped = len(report.skipped)
@@ -283,8 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     from .benchmark import add_benchmark_parser
+    from .export import add_export_parser
 
     add_benchmark_parser(sub)
+    add_export_parser(sub)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="validate a dataset: pairs, sizes, label values, class frequencies")

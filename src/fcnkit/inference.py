@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .checkpoint import load_checkpoint, read_checkpoint
 from .config import InferenceConfig
 from .data.io import read_image
-from .models import Segmenter, create_model
+from .models import create_model
 from .models.weights import looks_like_path
 from .visualize import label_to_palette_png, overlay
 
@@ -40,12 +40,17 @@ class Prediction:
     probs: Tensor | None = None
 
 
-def load_model(spec: str | os.PathLike[str] | nn.Module) -> Segmenter:
-    """A model from an fcnkit checkpoint path, a module, or ``"<model>.<weights tag>"`` (e.g.
-    ``"fcn_resnet50_d8.coco_voc"``, fetched through the weights cache)."""
+def load_model(spec: str | os.PathLike[str] | nn.Module) -> nn.Module:
+    """A model from an fcnkit checkpoint path, an ``.onnx`` file from ``fcnkit export`` (run by ONNX Runtime),
+    a module, or ``"<model>.<weights tag>"`` (e.g. ``"fcn_resnet50_d8.coco_voc"``, fetched through the weights
+    cache)."""
     if isinstance(spec, nn.Module):
         return spec
     text = os.fspath(spec)
+    if text.endswith(".onnx"):  # a file written by `fcnkit export`, run by ONNX Runtime
+        from .export import OnnxRuntimeModel
+
+        return OnnxRuntimeModel(text)
     if looks_like_path(text):
         read_checkpoint(text)  # a clear error when the file is not an fcnkit checkpoint
         return load_checkpoint(text)
@@ -173,15 +178,18 @@ def infer_logits(model: nn.Module, x: Tensor, cfg: InferenceConfig | None = None
     return total if passes == 1 else total / passes
 
 
-def optimized_or_plain(model: nn.Module) -> nn.Module:
-    """``optimize_for_inference(model)``, or ``model`` itself with a warning when the optimised copy does not
-    reproduce its predictions."""
+def optimized_or_plain(model: nn.Module, backend: str = "torch") -> nn.Module:
+    """``optimize_for_inference(model, backend=backend)``, or ``model`` itself with a warning when the
+    optimised copy does not reproduce its predictions. A model without parameters (an ONNX Runtime model) is
+    returned as it is."""
     import warnings
 
     from .optimize import optimize_for_inference
 
+    if next(model.parameters(), None) is None:
+        return model
     try:
-        return optimize_for_inference(model)
+        return optimize_for_inference(model, backend=backend)
     except RuntimeError as exc:
         warnings.warn(f"using the model unoptimised: {exc}", stacklevel=2)
         return model
@@ -202,17 +210,20 @@ class Predictor:
         optimize: run through :func:`fcnkit.optimize_for_inference` with its exact defaults (BatchNorm folded
             into the convolutions, checked against the plain model on a random input); if that check fails
             the plain model is used and a warning says why.
+        backend: ``"torch"`` or ``"onnxruntime"`` (the model exported to ONNX once and run by ONNX Runtime on
+            the CPU; needs ``fcnkit[onnx]``), for ``optimize``.
     """
 
     def __init__(self, model: str | os.PathLike[str] | nn.Module, device: str = "auto", tile: int | None = None,
                  overlap: float = 1 / 3, batch_size: int = 1,
-                 inference: InferenceConfig | None = None, optimize: bool = True) -> None:  # fmt: skip
+                 inference: InferenceConfig | None = None, optimize: bool = True,
+                 backend: str = "torch") -> None:  # fmt: skip
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = load_model(model).to(self.device).eval()
         if optimize:
-            self.model = optimized_or_plain(self.model)
+            self.model = optimized_or_plain(self.model, backend)
         self.batch_size = max(1, batch_size)
         inference = inference or InferenceConfig()
         if tile and inference.mode == "whole":

@@ -9,6 +9,7 @@ What it does, each step kept only where it leaves the predictions unchanged:
 * **Inference mode** and no autograd bookkeeping.
 * **channels_last** memory format (default: on CUDA only; on CPU it measured between 0.96x and 1.10x).
 * optional **torch.compile**, optional **bf16 / fp16 autocast** (opt-in: not exact).
+* optional **ONNX Runtime** backend (``backend="onnxruntime"``), through :mod:`fcnkit.export`.
 
 After optimising, the result is compared with the original model on a random input: the logits must be close
 and the arg-max must agree on at least 99.9 % of the pixels (``check=True``); otherwise an error says which
@@ -153,10 +154,12 @@ def optimize_for_inference(
     channels_last: bool | None = None,
     compile: bool = False,
     amp: str | None = None,
+    backend: str = "torch",
     check: bool = True,
     check_size: tuple[int, int] = (97, 131),
     atol: float = 1e-3,
     rtol: float = 1e-4,
+    onnx_path: str | None = None,
 ) -> OptimizedModel:
     """A copy of ``model`` prepared for fast inference; the original is left untouched.
 
@@ -166,13 +169,17 @@ def optimize_for_inference(
         compile: ``torch.compile`` the result (first calls are slow while it compiles).
         amp: ``"bf16"`` or ``"fp16"`` autocast (opt-in; not exact, the check then only needs 99.9 % arg-max
             agreement, not close logits).
+        backend: ``"torch"`` or ``"onnxruntime"`` (export to ONNX and run with ONNX Runtime on the CPU).
         check: compare with the original model on a random ``check_size`` input and raise if the logits differ
             by more than ``atol + rtol * max|logit|`` (skipped with ``amp``) or the arg-max agrees on less than
             99.9 % of the pixels.
+        onnx_path: where the ONNX file goes with ``backend="onnxruntime"`` (default: a temporary file).
 
     Returns:
         An :class:`OptimizedModel`; ``.report`` says what was applied and what the check measured.
     """
+    if backend not in ("torch", "onnxruntime"):
+        raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
     if amp not in (None, "bf16", "fp16"):
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
     source = model
@@ -188,15 +195,36 @@ def optimize_for_inference(
     if channels_last is None:
         channels_last = device.type == "cuda"
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
-    if channels_last:
-        work = work.to(memory_format=torch.channels_last)
-        report.applied.append("channels_last")
-    if amp_dtype is not None:
-        report.applied.append(f"autocast_{amp}")
     runner: Any = work
-    if compile:
-        runner = torch.compile(work)
-        report.applied.append("compile")
+    if backend == "onnxruntime":
+        if channels_last or amp or compile:
+            raise ValueError("the onnxruntime backend takes no channels_last, amp or compile")
+        if device.type != "cpu":
+            raise ValueError("the onnxruntime backend runs on the CPU; move the model to the CPU first")
+        import os
+        import tempfile
+
+        from .export import OnnxRuntimeModel, export_onnx
+
+        if onnx_path is None:  # ONNX Runtime holds the graph in memory once the session exists
+            with tempfile.TemporaryDirectory(prefix="fcnkit_") as folder:
+                path = os.path.join(folder, "model.onnx")
+                export_onnx(work, path, verify=False)
+                runner = OnnxRuntimeModel(path)
+        else:
+            export_onnx(work, onnx_path, verify=False)
+            runner = OnnxRuntimeModel(onnx_path)
+        report.applied.append("onnxruntime")
+    else:
+        if channels_last:
+            work = work.to(memory_format=torch.channels_last)
+            report.applied.append("channels_last")
+        if amp_dtype is not None:
+            report.applied.append(f"autocast_{amp}")
+        if compile:
+            # freezing: weights become constants, so inductor folds them and prepacks them for oneDNN / cuDNN.
+            runner = torch.compile(work, options={"freezing": True})
+            report.applied.append("compile")
     optimized = OptimizedModel(runner, source, channels_last, amp_dtype, report).eval()
     if check:
         diff, largest, agreement = _check(source, optimized, check_size, device)

@@ -161,7 +161,7 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
-@dataclass(frozen=True)
+@dataclass
 class LRFactor:
     """The lr factor at optimiser step ``t`` (0-based): ``warmup(t) * decay(t)``.
 
@@ -171,6 +171,8 @@ class LRFactor:
     * poly:     ``m + (1 - m) * (1 - s / T) ** power``
     * cosine:   ``m + (1 - m) * 0.5 * (1 + cos(pi * s / T))``
     * step:     ``max(m, gamma ** (t // step_size))``
+
+    With ``progress`` set (time-budget training), ``s / T`` is replaced by ``progress``.
 
     ``warmup`` is linear from ``warmup_start_factor`` at ``t = 0`` to 1 at ``t = warmup_steps`` and 1 after.
     It multiplies the decay (mmcv's convention) rather than delaying it, so the decay curve is the same
@@ -187,6 +189,10 @@ class LRFactor:
     min_lr_factor: float = 0.0
     step_size: int | None = None
     gamma: float = 0.1
+    #: time-budget training: the fraction of the budget spent (0-1), set by the training loop before each
+    #: ``scheduler.step()``. The decay then runs over the budget, ``s = progress * T``; the warm-up still
+    #: counts optimiser steps.
+    progress: float | None = None
 
     def __call__(self, t: int) -> float:
         if self.warmup_steps > 0 and t < self.warmup_steps:
@@ -201,7 +207,10 @@ class LRFactor:
             decay = max(m, self.gamma ** (t // self.step_size))
         else:
             assert self.total_steps is not None
-            progress = min(t, self.total_steps) / self.total_steps
+            if self.progress is not None:
+                progress = min(max(self.progress, 0.0), 1.0)
+            else:
+                progress = min(t, self.total_steps) / self.total_steps
             if self.name == "poly":
                 decay = m + (1.0 - m) * (1.0 - progress) ** self.power
             else:  # cosine

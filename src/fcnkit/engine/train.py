@@ -42,6 +42,9 @@ from .optim import build_optimizer, build_scheduler
 from .pictures import save_training_pictures
 from .progress import Progress
 
+#: Stand-in for the step and epoch limits of a time-budget run: the clock ends it.
+BUDGET_STEPS = 10**15
+
 
 @dataclass
 class TrainResult:
@@ -179,8 +182,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     if batches_per_epoch == 0:
         raise ValueError(f"{cfg.data.name}/{cfg.data.train_split}: no training batch (empty split?)")
     steps_per_epoch = max(1, batches_per_epoch // cfg.accumulate)
-    total_steps = cfg.schedule.iterations or cfg.schedule.epochs * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
+    budget = cfg.schedule.budget_minutes * 60.0 if cfg.schedule.budget_minutes else None
+    if budget is None:
+        total_steps = cfg.schedule.iterations or cfg.schedule.epochs * steps_per_epoch
+        epochs = math.ceil(total_steps / steps_per_epoch)
+    else:  # the clock ends training; the decay runs over the fraction of the budget spent (LRFactor.progress)
+        total_steps, epochs = BUDGET_STEPS, BUDGET_STEPS
 
     model.to(device)
     if cfg.channels_last:
@@ -207,6 +214,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         warmup_start_factor=s.warmup_start_factor, power=s.power, min_lr_factor=s.min_lr_factor,
         step_size=s.step_size, gamma=s.gamma,
     )  # fmt: skip
+    if budget is not None:
+        for factor in scheduler.lr_lambdas:
+            factor.progress = 0.0
     _warn_lr_reduction(cfg, info)
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -222,8 +232,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.compile:
         net = torch.compile(net)
 
+    tic: float | None = None  # start of the current epoch's clock (None outside the loop)
+
     # ---- resume --------------------------------------------------------------------------------------
     step, epoch, batches_done, best_miou = 0, 0, 0, None
+    train_time, images_seen = 0.0, 0  # training wall-clock (s) and images, over every invocation of the run
     if cfg.resume and last_path.exists():
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["state_dict"])
@@ -235,6 +248,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         _set_rng_state(ckpt["rng"][info.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
         p = ckpt["progress"]
         step, epoch, batches_done, best_miou = p["step"], p["epoch"], p["batches_done"], p["best_miou"]
+        train_time, images_seen = p.get("train_time", 0.0), p.get("images_seen", 0)
         if info.is_main:
             print(f"resumed from {last_path}: step {step}, epoch {epoch}, batch {batches_done}")
     elif info.is_main:
@@ -268,7 +282,14 @@ def train(cfg: TrainConfig) -> TrainResult:
             "scaler": scaler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
             "rng": rng,
-            "progress": {"step": step, "epoch": epoch, "batches_done": batches_done, "best_miou": best_miou},
+            "progress": {
+                "step": step,
+                "epoch": epoch,
+                "batches_done": batches_done,
+                "best_miou": best_miou,
+                "train_time": train_time + (time.perf_counter() - tic if tic is not None else 0.0),
+                "images_seen": images_seen,
+            },
         }
         ckpt = checkpoint_dict(model, **extra)
         if eval_model is not None:
@@ -282,12 +303,13 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     # ---- epochs --------------------------------------------------------------------------------------
     metrics: SegMetrics | None = None
-    images_seen, train_time = 0, 0.0
+    out_of_time = budget is not None and train_time >= budget
     net.train()
-    while epoch < epochs and step < total_steps:
+    while epoch < epochs and step < total_steps and not out_of_time:
         augmented.epoch = epoch
         sampler.set_epoch(epoch, start=batches_done * cfg.data.batch_size)
-        progress = Progress(batches_per_epoch - batches_done, f"epoch {epoch + 1}/{epochs}", enabled=info.is_main)
+        title = f"epoch {epoch + 1}/{epochs}" if budget is None else f"epoch {epoch + 1}"
+        progress = Progress(batches_per_epoch - batches_done, title, enabled=info.is_main)
         tic = time.perf_counter()
         for batch in loader:
             images = batch["image"].to(device, non_blocking=True)
@@ -318,36 +340,46 @@ def train(cfg: TrainConfig) -> TrainResult:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if budget is not None:
+                # every rank follows rank 0's clock, so all stop after the same step
+                spent = _agreed_seconds(train_time + time.perf_counter() - tic, info, device)
+                for factor in scheduler.lr_lambdas:
+                    factor.progress = min(1.0, spent / budget)
+                out_of_time = spent >= budget
             scheduler.step()
             if ema is not None:
                 ema.update(model)
             step += 1
             lr = optimizer.param_groups[0]["lr"]
             progress.update(cfg.accumulate, loss=parts["total"], lr=lr)
-            if info.is_main and (step % cfg.log_every == 0 or step == total_steps):
+            if info.is_main and (step % cfg.log_every == 0 or step == total_steps or out_of_time):
                 elapsed = train_time + time.perf_counter() - tic
                 record = {"step": step, "epoch": epoch + 1, "lr": lr, **{f"loss_{k}": v for k, v in parts.items()},
-                          "images_per_s": images_seen * info.world_size / max(elapsed, 1e-9)}  # fmt: skip
+                          "images_per_s": images_seen * info.world_size / max(elapsed, 1e-9),
+                          "train_minutes": elapsed / 60}  # fmt: skip
                 _log(log_path, record)
                 if writer is not None:
                     for k, v in record.items():
                         writer.add_scalar(f"train/{k}", v, step)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                 save(last_path)
-            if step >= total_steps or (cfg.max_steps is not None and step >= cfg.max_steps):
+            if step >= total_steps or out_of_time or (cfg.max_steps is not None and step >= cfg.max_steps):
                 break
         train_time += time.perf_counter() - tic
+        tic = None
         progress.close()
         if batches_done >= batches_per_epoch:
             optimizer.zero_grad(set_to_none=True)  # an incomplete accumulation at the epoch's end is dropped
-        stopped_early = cfg.max_steps is not None and step >= cfg.max_steps and step < total_steps
-        if batches_done >= batches_per_epoch or step >= total_steps:
+        finished = step >= total_steps or out_of_time
+        stopped_early = cfg.max_steps is not None and step >= cfg.max_steps and not finished
+        if batches_done >= batches_per_epoch or finished:
             epoch, batches_done = epoch + 1, 0
         due = cfg.eval_every and epoch % cfg.eval_every == 0
-        if not stopped_early and (due or step >= total_steps) and batches_done == 0:
+        if not stopped_early and (due or finished) and batches_done == 0:
             metrics = run_eval()
             if info.is_main:
-                _log(log_path, {"step": step, "epoch": epoch, "val": metrics.as_dict()})
+                _log(log_path, {"step": step, "epoch": epoch, "train_minutes": train_time / 60,
+                                "val": metrics.as_dict()})  # fmt: skip
                 print(f"epoch {epoch}: val mIoU {metrics.miou * 100:.2f}  pixel acc {metrics.pixel_acc * 100:.2f}")
                 if cfg.pictures:
                     eval_model = ema.module if ema is not None else model
@@ -365,6 +397,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     barrier(info)
     shutdown(info)
     return TrainResult(run_dir, step, best_miou, metrics, ips)
+
+
+def _agreed_seconds(seconds: float, info: DistInfo, device: torch.device) -> float:
+    """Rank 0's value of ``seconds`` on every rank (the clocks of the ranks differ a little)."""
+    if not info.enabled:
+        return seconds
+    value = torch.tensor([seconds], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(value, src=0)
+    return float(value)
 
 
 def _gather_rng(info: DistInfo) -> dict[str, Any] | list[dict[str, Any]]:

@@ -1,0 +1,117 @@
+"""Training throughput (images/s) of fcnkit models under the training loop's speed settings, in one run.
+
+Each setting is one full training step as ``fcnkit train`` does it: forward (autocast when asked), the
+segmentation loss, backward, optimiser step, ``zero_grad(set_to_none=True)``, on a fixed random batch.
+After the warm-up, rounds run every setting once in turn (interleaved, so the drift of a shared machine hits
+every row alike); the figures are medians over rounds and the ratio is the median per-round ratio against
+the first setting (the plain fp32 NCHW loop).
+
+Settings (the names of the recipe keys they stand for):
+
+* ``fp32``: the plain loop (``channels_last: false``, ``amp: none``);
+* ``channels_last``: NHWC model and input (``channels_last: true``);
+* ``bf16`` / ``channels_last+bf16``: bf16 autocast (``amp: bf16``; CUDA or CPUs with bf16 support);
+* ``compile``: ``torch.compile`` of the model (``compile: true``).
+
+    python benchmarks/train_speed.py                                   # CPU: fp32 vs channels_last
+    python benchmarks/train_speed.py --device cuda --settings fp32 channels_last channels_last+bf16 compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+import fcnkit
+from fcnkit.engine.optim import build_optimizer
+from fcnkit.losses import SegmentationLoss
+
+SETTINGS = ("fp32", "channels_last", "bf16", "channels_last+bf16", "compile", "channels_last+compile")
+
+
+def make_step(name: str, settings: str, args: argparse.Namespace, device: torch.device):
+    torch.manual_seed(0)
+    model = fcnkit.create_model(name, num_classes=args.num_classes, **({"backbone": args.backbone}
+                                                                       if args.backbone else {}))  # fmt: skip
+    model.to(device).train()
+    channels_last = "channels_last" in settings
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if "compile" in settings else model
+    optimizer = build_optimizer(model, "sgd", lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    criterion = SegmentationLoss(ignore_index=255, aux_weight=0.4 if model.aux_classifier is not None else 0.0)
+    amp = torch.bfloat16 if "bf16" in settings else None
+    g = torch.Generator().manual_seed(1)
+    h, w = args.size
+    images = torch.randn(args.batch, 3, h, w, generator=g).to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, args.num_classes, (args.batch, h, w), generator=g).to(device)
+
+    def step() -> float:
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            outputs = net(images)
+        loss, _ = criterion({k: v.float() for k, v in outputs.items()}, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["fcn_resnet18_d8", "fcn8s_timm"])
+    parser.add_argument("--backbone", help="timm backbone for fcn*_timm models (default: the model's)")
+    parser.add_argument("--settings", nargs="+", default=["fp32", "channels_last"], choices=SETTINGS)
+    parser.add_argument("--size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(224, 288))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--num-classes", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    header = f"{'model':<20}{'setting':<24}{'ms/step':>9}{'images/s':>10}{'vs fp32':>9}"
+    print(header)
+    print("-" * len(header))
+    for name in args.models:
+        steps = {s: make_step(name, s, args, device) for s in args.settings}
+        for step in steps.values():
+            for _ in range(args.warmup):
+                step()
+        times: dict[str, list[float]] = {s: [] for s in steps}
+        for _ in range(args.rounds):
+            for s, step in steps.items():
+                times[s].append(timed(step, device))
+        base = args.settings[0]
+        for s, ts in times.items():
+            med = statistics.median(ts)
+            ratio = statistics.median(b / t for b, t in zip(times[base], ts, strict=True))
+            print(f"{name:<20}{s:<24}{med * 1000:>9.1f}{args.batch / med:>10.1f}{ratio:>8.2f}x")
+    print(f"\nprotocol: one training step = forward, loss, backward, SGD step, zero_grad; batch {args.batch} of "
+          f"{args.size[0]}x{args.size[1]}, {args.num_classes} classes, {args.warmup} warm-up steps per setting, "
+          f"{args.rounds} interleaved rounds (median; ratio = median per-round ratio against {args.settings[0]}); "
+          f"{platform.machine()}, {device.type}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
