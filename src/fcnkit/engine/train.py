@@ -220,7 +220,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     _warn_lr_reduction(cfg, info)
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = ModelEMA(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    ema = ModelEMA(model, decay=cfg.ema_decay, warmup_steps=cfg.ema_warmup_steps) if cfg.ema_decay else None
 
     net: nn.Module = model
     if info.enabled:

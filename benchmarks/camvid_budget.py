@@ -1,0 +1,224 @@
+"""CamVid from scratch under a wall-clock budget: fcnkit's recipe against an smp FPN peer, same machine, same data.
+
+Both runs train on CamVid train (367 images) from random weights for ``--minutes`` of training wall-clock
+(evaluation excluded) and are evaluated on CamVid val (101 images) at the full 360x480 resolution with the same
+code (``fcnkit.engine.evaluate.evaluate``: one confusion matrix over the split, void = 11 ignored).
+
+* fcnkit: ``fcnkit train RECIPE data.root=DATA seed=S schedule.budget_minutes=MINUTES`` (the recipe's own
+  evaluation schedule gives the curve; the reported figures are those of the final evaluation, at the end of
+  the budget, not of the best epoch).
+* peer: ``segmentation_models_pytorch.FPN`` with a ResNet-18 encoder, ``encoder_weights=None``, AdamW (lr 1e-3,
+  weight decay 1e-4) with cosine decay over the budget, random scale 0.5-2.0 / 224x288 crop / horizontal flip,
+  plain cross-entropy with ignore index 11, batch 8, evaluated every ``--eval-every`` minutes (clock stopped).
+  FPN needs sides divisible by 32: val images are zero-padded to 384x480 and the logits cropped back.
+
+    python benchmarks/camvid_budget.py --data ../shared/data/camvid                 # both, seeds 0 and 1, 30 min
+    python benchmarks/camvid_budget.py --data ../shared/data/camvid --runs peer --seeds 0 --minutes 20
+    python benchmarks/camvid_budget.py --data ../shared/data/camvid --recipe configs/camvid/other.yaml \\
+        --set loss.class_weights=null --tag no_class_weights --runs fcnkit            # an ablation row
+
+Prints, per run: val mIoU, per-class IoU (the small classes Pole, SignSymbol, Fence, Pedestrian, Bicyclist
+included), optimiser steps and training images/s; writes ``summary.json`` and ``miou_vs_minutes.png`` (val mIoU
+against training minutes) under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RECIPE = REPO / "configs" / "camvid" / "budget30_fcn8s_camvid.yaml"
+SMALL = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
+
+
+class PaddedPeer(nn.Module):
+    """The smp model with the fcnkit contract: ``{"out": logits}`` at the input size, ImageNet preprocessing."""
+
+    def __init__(self, net: nn.Module, num_classes: int, multiple: int = 32) -> None:
+        super().__init__()
+        from fcnkit.preprocessing import IMAGENET
+
+        self.net, self.multiple = net, multiple
+        self.preprocessing, self.num_classes, self.classes, self.palette = IMAGENET, num_classes, None, None
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x.shape[-2:]
+        ph, pw = -h % self.multiple, -w % self.multiple
+        out = self.net(F.pad(x, (0, pw, 0, ph)) if ph or pw else x)
+        return {"out": out[..., :h, :w]}
+
+
+def _record(kind: str, seed: int, val: dict, classes: list[str], steps: int, ips: float, minutes: float,
+            curve: list[tuple[float, float]]) -> dict:  # fmt: skip
+    """One row of the summary from an evaluation (``SegMetrics.as_dict()``) and the run's figures."""
+    return {
+        "run": kind, "seed": seed, "train_minutes": minutes, "steps": steps, "images_per_s": ips,
+        "miou": val["miou"] * 100, "pixel_acc": val["pixel_acc"] * 100,
+        "iou": {c: float(v) * 100 for c, v in zip(classes, val["iou"], strict=True)}, "curve": curve,
+    }  # fmt: skip
+
+
+def run_fcnkit(args: argparse.Namespace, seed: int, out: Path) -> dict:
+    """Train (or resume / reuse a finished run in ``out``) and read the figures back from ``metrics.jsonl``."""
+    from fcnkit.config import load_config
+    from fcnkit.data import build_dataset
+    from fcnkit.engine.train import train
+
+    overrides = [f"data.root={args.data}", f"seed={seed}", f"output_dir={out}",
+                 f"schedule.budget_minutes={args.minutes}", f"resume={str(not args.fresh).lower()}",
+                 *args.set]  # fmt: skip
+    train(load_config(str(args.recipe), overrides))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if "val" in r]
+    steps = [r for r in records if "loss_total" in r]
+    curve = [(r["train_minutes"], r["val"]["miou"] * 100) for r in evaluations]
+    classes = list(build_dataset("camvid", args.data, "val").classes)
+    last = steps[-1]  # images_per_s is cumulative over the run (resumed runs included)
+    return _record("fcnkit", seed, evaluations[-1]["val"], classes, last["step"], last["images_per_s"],
+                   last["train_minutes"], curve)  # fmt: skip
+
+
+def run_peer(args: argparse.Namespace, seed: int, out: Path) -> dict:
+    import segmentation_models_pytorch as smp
+
+    from fcnkit.data import TrainTransform, build_dataset, pad_collate
+    from fcnkit.engine.evaluate import evaluate
+    from fcnkit.preprocessing import IMAGENET
+
+    torch.manual_seed(seed)
+    train_set = build_dataset("camvid", args.data, "train")
+    val_set = build_dataset("camvid", args.data, "val")
+    ignore = train_set.ignore_index
+    transform = TrainTransform(IMAGENET, crop_size=(224, 288), scale_range=(0.5, 2.0), hflip=0.5, ignore_index=ignore)
+
+    class Augmented(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(train_set)
+
+        def __getitem__(self, i: int) -> dict:
+            return transform(train_set[i])
+
+    loader = DataLoader(Augmented(), batch_size=8, shuffle=True, num_workers=args.workers, drop_last=True,
+                        collate_fn=lambda b: pad_collate(b, ignore_index=ignore), persistent_workers=args.workers > 0,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    net = smp.FPN(encoder_name="resnet18", encoder_weights=None, classes=train_set.num_classes)
+    model = PaddedPeer(net, train_set.num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    budget, spent, steps, images = args.minutes * 60.0, 0.0, 0, 0
+    next_eval, curve = args.eval_every * 60.0, []
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "metrics.jsonl").open("w")
+    model.train()
+    while spent < budget:
+        tic = time.perf_counter()
+        for batch in loader:
+            for group in optimizer.param_groups:  # cosine over the fraction of the budget spent
+                group["lr"] = (
+                    1e-3 * 0.5 * (1 + math.cos(math.pi * min(1.0, (spent + time.perf_counter() - tic) / budget)))
+                )
+            loss = F.cross_entropy(model(batch["image"])["out"], batch["label"], ignore_index=ignore)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps, images = steps + 1, images + batch["image"].shape[0]
+            now = spent + time.perf_counter() - tic
+            if now >= budget or now >= next_eval:
+                break
+        spent += time.perf_counter() - tic
+        if spent >= next_eval or spent >= budget:  # the clock is stopped while evaluating
+            metrics = evaluate(model, val_set)
+            model.train()
+            curve.append((spent / 60, metrics.miou * 100))
+            log.write(json.dumps({"step": steps, "train_minutes": spent / 60, "val": metrics.as_dict()}) + "\n")
+            log.flush()
+            print(f"peer seed {seed}: {spent / 60:.1f} min, step {steps}, val mIoU {metrics.miou * 100:.2f}")
+            next_eval += args.eval_every * 60.0
+    log.close()
+    return _record("smp FPN R18", seed, metrics.as_dict(), list(val_set.classes), steps, images / spent, spent / 60,
+                   curve)  # fmt: skip
+
+
+def print_table(rows: list[dict]) -> None:
+    classes = list(rows[0]["iou"])
+    short = [c[:9] for c in classes]
+    print(f"{'run':<14}{'seed':>5}{'min':>6}{'steps':>7}{'img/s':>7}{'mIoU':>7}  " + " ".join(f"{c:>9}" for c in short))
+    for r in rows:
+        print(f"{r['run']:<14}{r['seed']:>5}{r['train_minutes']:>6.1f}{r['steps']:>7}{r['images_per_s']:>7.2f}"
+              f"{r['miou']:>7.2f}  " + " ".join(f"{r['iou'][c]:>9.2f}" for c in classes))  # fmt: skip
+    for kind in dict.fromkeys(r["run"] for r in rows):
+        same = [r for r in rows if r["run"] == kind]
+        mean = sum(r["miou"] for r in same) / len(same)
+        small = sum(r["iou"][c] for r in same for c in SMALL if c in r["iou"]) / (len(same) * len(SMALL))
+        print(f"{kind}: mean val mIoU over {len(same)} seed(s) {mean:.2f}; mean IoU of {', '.join(SMALL)}: {small:.2f}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for r in rows:
+        if r["curve"]:
+            xs, ys = zip(*r["curve"], strict=True)
+            ax.plot(xs, ys, marker="o", ms=3, label=f"{r['run']} seed {r['seed']}")
+    ax.set_xlabel("training minutes (evaluation excluded)")
+    ax.set_ylabel("CamVid val mIoU (%), 360x480")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="the CamVid folder (train/, trainannot/, val/, valannot/)")
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--runs", nargs="+", default=["fcnkit", "peer"], choices=["fcnkit", "peer"])
+    parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the fcnkit recipe")
+    parser.add_argument("--tag", default="", help="suffix of the fcnkit run's name (ablations)")
+    parser.add_argument("--eval-every", type=float, default=5.0, help="minutes between the peer's evaluations")
+    parser.add_argument("--workers", type=int, default=2, help="the peer's data-loading processes")
+    parser.add_argument("--out", type=Path, default=Path("runs/camvid_budget"))
+    parser.add_argument("--fresh", action="store_true",
+                        help="retrain fcnkit runs from scratch (default: resume an interrupted run in --out, or "
+                             "reuse a finished one)")  # fmt: skip
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary_path = args.out / "summary.json"
+    rows = json.loads(summary_path.read_text()) if summary_path.exists() else []
+    for seed in args.seeds:
+        for kind in args.runs:
+            name = f"{kind}{'_' + args.tag if args.tag and kind == 'fcnkit' else ''}_seed{seed}"
+            print(f"== {name}: {args.minutes:g} min of training", flush=True)
+            row = (run_fcnkit if kind == "fcnkit" else run_peer)(args, seed, args.out / name)
+            if kind == "fcnkit" and args.tag:
+                row["run"] = f"fcnkit {args.tag}"
+            row["settings"] = args.set if kind == "fcnkit" else []
+            rows = [r for r in rows if (r["run"], r["seed"]) != (row["run"], seed)] + [row]
+            summary_path.write_text(json.dumps(rows, indent=1))
+    print_table(rows)
+    plot(rows, args.out / "miou_vs_minutes.png")
+    print(f"wrote {summary_path} and {args.out / 'miou_vs_minutes.png'}")
+    print(f"protocol: CamVid train 367 images -> val 101 images at 360x480, void 11 ignored, {args.minutes:g} min of "
+          f"training wall-clock per run (evaluation excluded), from scratch, {platform.machine()}, "
+          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

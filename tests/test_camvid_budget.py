@@ -1,0 +1,64 @@
+"""benchmarks/camvid_budget.py end to end on a tiny CamVid-layout folder, a few seconds per run."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("segmentation_models_pytorch")
+pytest.importorskip("matplotlib")
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+           "Bicyclist"]  # fmt: skip
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("camvid_budget", REPO / "benchmarks" / "camvid_budget.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_camvid(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("val", 2)):
+        lines = []
+        for i in range(count):
+            label = np.repeat(np.arange(12, dtype=np.uint8), 8)[None].repeat(40, 0)[:, :88]  # 40 x 88, all 12 values
+            image = (rng.integers(0, 40, (40, 88, 3)) + label[..., None] * 18).astype(np.uint8)
+            for folder, array in ((split, image), (f"{split}annot", label)):
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(root / folder / f"{i:04d}.png")
+            lines.append(f"{split}/{i:04d}.png {split}annot/{i:04d}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_both_runs_keep_the_budget_and_report_every_class(tmp_path, capsys):
+    data = _tiny_camvid(tmp_path / "camvid")
+    out = tmp_path / "out"
+    minutes = 0.04  # 2.4 s of training each
+    argv = ["--data", str(data), "--minutes", str(minutes), "--seeds", "0", "--out", str(out), "--eval-every", "1",
+            "--workers", "0", "--set", "data.workers=0", "eval_every=1", "pictures=0"]  # fmt: skip
+    assert _script().main(argv) == 0
+    rows = json.loads((out / "summary.json").read_text())
+    assert [(r["run"], r["seed"]) for r in rows] == [("fcnkit", 0), ("smp FPN R18", 0)]
+    for r in rows:
+        assert list(r["iou"]) == CLASSES
+        assert r["train_minutes"] >= minutes and r["steps"] >= 1 and r["images_per_s"] > 0
+        # mIoU is the mean over the classes present (every class is in the tiny val split)
+        assert r["miou"] == pytest.approx(sum(r["iou"].values()) / 11, abs=1e-6)
+        assert r["curve"] and r["curve"][-1][1] == pytest.approx(r["miou"], abs=1e-6)
+        assert all(not math.isnan(v) for v in r["iou"].values())
+    assert (out / "miou_vs_minutes.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "Pole" in printed and "mean IoU of Pole, SignSymbol, Fence, Pedestrian, Bicyclist" in printed
+    resolved = (out / "fcnkit_seed0" / "config.yaml").read_text()
+    assert f"budget_minutes: {minutes}" in resolved and "metrics.jsonl" in {
+        p.name for p in (out / "fcnkit_seed0").iterdir()
+    }
