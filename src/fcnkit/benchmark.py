@@ -478,7 +478,7 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--repeats", type=int, default=20, help="timed passes per size and batch (default 20)")
     p.add_argument("--dynamic", action="store_true", help="alternate HxW and WxH on every call (torchfcn)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
-    p.add_argument("--num-classes", type=int, default=21, help="classes of models built by name (default 21)")
+    p.add_argument("--num-classes", type=int, help="classes of models built by name (default 21)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model and input dtype")
     p.add_argument("--fast", action="store_true", help="time fcnkit.optimize.optimize_for_inference(model)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"),
@@ -489,18 +489,6 @@ def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     return p
 
 
-def _load(spec: str, num_classes: int) -> nn.Module:
-    """A registered name (or ``timm:<backbone>``) gets random weights; anything else goes to ``load_model``."""
-    from .inference import load_model
-    from .models import create_model
-    from .models.weights import looks_like_path
-
-    if spec.startswith("timm:") or not (looks_like_path(spec) or "." in spec):
-        torch.manual_seed(0)  # the same random weights on every run
-        return create_model(spec, num_classes=num_classes)
-    return load_model(spec)
-
-
 def _fast_prepare(backend: str) -> Callable[[nn.Module], Forward]:
     from .optimize import optimize_for_inference
 
@@ -508,13 +496,15 @@ def _fast_prepare(backend: str) -> Callable[[nn.Module], Forward]:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .inference import model_from_spec
+
     prepare = _fast_prepare(args.backend or "torch") if args.fast or args.backend else None
     sizes = args.size or [(480, 640)]
     batches = args.batch or [1]
     results: list[BenchResult] = []
     for spec in args.models:
         print(f"benchmarking {spec} ...", file=sys.stderr, flush=True)
-        model = _load(spec, args.num_classes)
+        model = model_from_spec(spec, args.num_classes)
         name = Path(spec).name if os.sep in spec else spec
         results += benchmark(model, sizes=sizes, batch_sizes=batches, device=args.device, warmup=args.warmup,
                              repeats=args.repeats, dynamic=args.dynamic, dtype=DTYPES[args.dtype], name=name,

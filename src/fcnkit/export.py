@@ -425,21 +425,12 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _model_for_export(spec: str, num_classes: int | None) -> nn.Module:
-    from .inference import load_model
-    from .models import create_model, list_models
-    from .models.weights import looks_like_path
-
-    if not looks_like_path(spec) and spec in list_models():
-        print(f"{spec}: random weights ({num_classes or 21} classes), for benchmarks and tests")
-        return create_model(spec, num_classes=num_classes or 21)
-    if num_classes is not None:
-        raise ValueError("--num-classes only applies to a bare model name (random weights)")
-    return load_model(spec)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    model = _model_for_export(args.model, args.num_classes)
+    from .inference import is_bare_model_name, model_from_spec
+
+    model = model_from_spec(args.model, args.num_classes)
+    if is_bare_model_name(args.model):
+        print(f"{args.model}: random weights ({model.num_classes} classes), for benchmarks and tests")
     try:
         report = export_onnx(model, args.out, sample_size=args.size, batch=args.batch, opset=args.opset,
                              dynamic=not args.static, verify=not args.no_verify, atol=args.atol)  # fmt: skip

@@ -178,6 +178,23 @@ def infer_logits(model: nn.Module, x: Tensor, cfg: InferenceConfig | None = None
     return total if passes == 1 else total / passes
 
 
+def is_bare_model_name(spec: str) -> bool:
+    """``spec`` names a model to build (``fcn8s_vgg16``, ``timm:resnet18``), not a file or ``<model>.<tag>``."""
+    return spec.startswith("timm:") or not (looks_like_path(spec) or "." in spec)
+
+
+def model_from_spec(spec: str, num_classes: int | None = None) -> nn.Module:
+    """What the CLI tools accept as a model: a bare registered name (or ``timm:<backbone>``) is built with random
+    weights seeded 0 (``num_classes``, default 21: for benchmarks and export tests); anything else goes to
+    :func:`load_model`, where ``num_classes`` has no meaning."""
+    if is_bare_model_name(spec):
+        torch.manual_seed(0)  # the same random weights on every run
+        return create_model(spec, num_classes=num_classes or 21)
+    if num_classes is not None:
+        raise ValueError(f"{spec}: --num-classes only applies to a bare model name (random weights)")
+    return load_model(spec)
+
+
 def optimized_or_plain(model: nn.Module, backend: str = "torch") -> nn.Module:
     """``optimize_for_inference(model, backend=backend)``, or ``model`` itself with a warning when the
     optimised copy does not reproduce its predictions. A model without parameters (an ONNX Runtime model) is
