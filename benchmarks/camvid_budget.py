@@ -158,8 +158,28 @@ def print_table(rows: list[dict]) -> None:
     for kind in dict.fromkeys(r["run"] for r in rows):
         same = [r for r in rows if r["run"] == kind]
         mean = sum(r["miou"] for r in same) / len(same)
-        small = sum(r["iou"][c] for r in same for c in SMALL if c in r["iou"]) / (len(same) * len(SMALL))
+        small = sum(small_classes_mean(r) for r in same) / len(same)
         print(f"{kind}: mean val mIoU over {len(same)} seed(s) {mean:.2f}; mean IoU of {', '.join(SMALL)}: {small:.2f}")
+
+
+def small_classes_mean(row: dict) -> float:
+    """Mean IoU of the classes in ``SMALL`` (those the row reports)."""
+    values = [row["iou"][c] for c in SMALL if c in row["iou"]]
+    return sum(values) / len(values)
+
+
+def print_ablation(rows: list[dict]) -> None:
+    """Each tagged fcnkit run (``--tag``) against the plain recipe of the same seed: what the change cost or gave."""
+    base = {r["seed"]: r for r in rows if r["run"] == "fcnkit"}
+    changed = [r for r in rows if r["run"].startswith("fcnkit ") and r["seed"] in base]
+    if not changed:
+        return
+    print(f"{'run':<28}{'seed':>5}{'mIoU':>7}{'delta':>7}{'small':>7}{'delta':>7}{'img/s':>7}  overrides")
+    for r in [base[s] for s in sorted(base)] + changed:
+        b = base[r["seed"]]
+        print(f"{r['run']:<28}{r['seed']:>5}{r['miou']:>7.2f}{r['miou'] - b['miou']:>+7.2f}"
+              f"{small_classes_mean(r):>7.2f}{small_classes_mean(r) - small_classes_mean(b):>+7.2f}"
+              f"{r['images_per_s']:>7.2f}  {' '.join(r.get('settings', []))}")  # fmt: skip
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -212,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r for r in rows if (r["run"], r["seed"]) != (row["run"], seed)] + [row]
             summary_path.write_text(json.dumps(rows, indent=1))
     print_table(rows)
+    print_ablation(rows)
     plot(rows, args.out / "miou_vs_minutes.png")
     print(f"wrote {summary_path} and {args.out / 'miou_vs_minutes.png'}")
     print(f"protocol: CamVid train 367 images -> val 101 images at 360x480, void 11 ignored, {args.minutes:g} min of "

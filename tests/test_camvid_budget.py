@@ -62,3 +62,33 @@ def test_both_runs_keep_the_budget_and_report_every_class(tmp_path, capsys):
     assert f"budget_minutes: {minutes}" in resolved and "metrics.jsonl" in {
         p.name for p in (out / "fcnkit_seed0").iterdir()
     }
+
+
+def _row(run, seed, miou, small_iou, ips=10.0, settings=()):
+    iou = {c: (small_iou if c in ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist") else 80.0) for c in CLASSES}
+    return {"run": run, "seed": seed, "miou": miou, "iou": iou, "images_per_s": ips, "settings": list(settings)}
+
+
+def test_ablation_rows_are_compared_with_the_recipe_of_the_same_seed(capsys):
+    script = _script()
+    rows = [_row("fcnkit", 0, 50.0, 20.0), _row("smp FPN R18", 0, 39.0, 1.0), _row("fcnkit", 1, 48.0, 10.0),
+            _row("fcnkit no_ema", 0, 45.5, 12.5, settings=["ema_decay=null"]),
+            _row("fcnkit nchw", 1, 48.25, 10.0, ips=8.0, settings=["channels_last=false"]),
+            _row("fcnkit other", 2, 30.0, 1.0)]  # fmt: skip
+    assert script.small_classes_mean(rows[3]) == 12.5
+    script.print_ablation(rows)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5  # header, the recipe's two seeds, two changes; seed 2 has no recipe row, the peer none
+    assert lines[3].split() == ["fcnkit", "no_ema", "0", "45.50", "-4.50", "12.50", "-7.50", "10.00", "ema_decay=null"]
+    assert lines[4].split() == [
+        "fcnkit",
+        "nchw",
+        "1",
+        "48.25",
+        "+0.25",
+        "10.00",
+        "+0.00",
+        "8.00",
+        "channels_last=false",
+    ]
+    assert lines[1].split()[:5] == ["fcnkit", "0", "50.00", "+0.00", "20.00"]
