@@ -189,10 +189,12 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    colors: dict[str, str] = {}  # one colour per run, one line style per seed
     for r in rows:
         if r["curve"]:
             xs, ys = zip(*r["curve"], strict=True)
-            ax.plot(xs, ys, marker="o", ms=3, label=f"{r['run']} seed {r['seed']}")
+            ax.plot(xs, ys, marker="o", ms=3, color=colors.setdefault(r["run"], f"C{len(colors)}"),
+                    linestyle=("-", "--", ":", "-.")[r["seed"] % 4], label=f"{r['run']} seed {r['seed']}")  # fmt: skip
     ax.set_xlabel("training minutes (evaluation excluded)")
     ax.set_ylabel("CamVid val mIoU (%), 360x480")
     ax.grid(alpha=0.3)
