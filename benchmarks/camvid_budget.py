@@ -96,19 +96,11 @@ def run_peer(args: argparse.Namespace, seed: int, out: Path) -> dict:
     from fcnkit.preprocessing import IMAGENET
 
     torch.manual_seed(seed)
-    train_set = build_dataset("camvid", args.data, "train")
     val_set = build_dataset("camvid", args.data, "val")
-    ignore = train_set.ignore_index
+    ignore = val_set.ignore_index
     transform = TrainTransform(IMAGENET, crop_size=(224, 288), scale_range=(0.5, 2.0), hflip=0.5, ignore_index=ignore)
-
-    class Augmented(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(train_set)
-
-        def __getitem__(self, i: int) -> dict:
-            return transform(train_set[i])
-
-    loader = DataLoader(Augmented(), batch_size=8, shuffle=True, num_workers=args.workers, drop_last=True,
+    train_set = build_dataset("camvid", args.data, "train", transform=transform)
+    loader = DataLoader(train_set, batch_size=8, shuffle=True, num_workers=args.workers, drop_last=True,
                         collate_fn=lambda b: pad_collate(b, ignore_index=ignore), persistent_workers=args.workers > 0,
                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
     net = smp.FPN(encoder_name="resnet18", encoder_weights=None, classes=train_set.num_classes)
@@ -151,9 +143,12 @@ def run_peer(args: argparse.Namespace, seed: int, out: Path) -> dict:
 def print_table(rows: list[dict]) -> None:
     classes = list(rows[0]["iou"])
     short = [c[:9] for c in classes]
-    print(f"{'run':<14}{'seed':>5}{'min':>6}{'steps':>7}{'img/s':>7}{'mIoU':>7}  " + " ".join(f"{c:>9}" for c in short))
+    w = max(14, *(len(r["run"]) + 1 for r in rows))
+    print(
+        f"{'run':<{w}}{'seed':>5}{'min':>6}{'steps':>7}{'img/s':>7}{'mIoU':>7}  " + " ".join(f"{c:>9}" for c in short)
+    )
     for r in rows:
-        print(f"{r['run']:<14}{r['seed']:>5}{r['train_minutes']:>6.1f}{r['steps']:>7}{r['images_per_s']:>7.2f}"
+        print(f"{r['run']:<{w}}{r['seed']:>5}{r['train_minutes']:>6.1f}{r['steps']:>7}{r['images_per_s']:>7.2f}"
               f"{r['miou']:>7.2f}  " + " ".join(f"{r['iou'][c]:>9.2f}" for c in classes))  # fmt: skip
     for kind in dict.fromkeys(r["run"] for r in rows):
         same = [r for r in rows if r["run"] == kind]
