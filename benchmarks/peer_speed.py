@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 import fcnkit
-from fcnkit.optimize import optimize_for_inference
+from fcnkit.inference import optimize_for_inference
 
 #: Exact paths (fp32; logits within float rounding of the peer's).
 EXACT_PATHS = ("eager", "fold_bn", "fold_bn+channels_last", "onnxruntime", "compile")

@@ -87,12 +87,12 @@ def test_demo_writes_every_file_and_reports_the_test_miou(tmp_path, capsys):
 
 
 def test_demo_min_miou_sets_the_exit_status(monkeypatch, tmp_path, capsys):
-    import fcnkit.demo
+    from fcnkit.apps.demo import DemoResult
 
     def fake_run_demo(out, **kwargs):
-        return fcnkit.demo.DemoResult(tmp_path, miou=0.79, pixel_acc=0.9, files={}, seconds=1.0)
+        return DemoResult(tmp_path, miou=0.79, pixel_acc=0.9, files={}, seconds=1.0)
 
-    monkeypatch.setattr(fcnkit.demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr("fcnkit.cli.demo.run_demo", fake_run_demo)
     assert main(["demo", "--out", str(tmp_path), "--min-miou", "80"]) == 1
     assert "demo mIoU 79.00 is below --min-miou 80" in capsys.readouterr().err
     assert main(["demo", "--out", str(tmp_path), "--min-miou", "79"]) == 0

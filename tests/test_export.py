@@ -15,14 +15,14 @@ pytest.importorskip("onnxscript")
 
 import fcnkit  # noqa: E402
 from conftest import randomize_  # noqa: E402
+from fcnkit.cli.export import add_parsers as add_export_parser  # noqa: E402
+from fcnkit.cli.export import cmd_export  # noqa: E402
 from fcnkit.export import (  # noqa: E402
     ExportError,
     ExportVerificationError,
     OnnxRuntimeModel,
-    _require,
-    add_export_parser,
-    cmd_export,
     export_onnx,
+    require_onnx,
     verify_onnx,
 )
 from fcnkit.inference import infer_logits  # noqa: E402
@@ -184,7 +184,7 @@ def test_static_export_and_opset_checks(tmp_path):
 
 def test_missing_optional_dependency_says_what_to_install():
     with pytest.raises(ImportError, match=r"pip install 'fcnkit\[onnx\]'"):
-        _require("onnxruntime_that_does_not_exist")
+        require_onnx("onnxruntime_that_does_not_exist")
 
 
 def test_cli_exports_a_checkpoint(resnet, tmp_path, capsys):
@@ -213,7 +213,7 @@ def test_cli_bare_model_name_gets_random_weights(tmp_path, monkeypatch, capsys):
         seen.update(model=model, path=path, **kwargs)
         return SimpleNamespace(format=lambda: "report")
 
-    monkeypatch.setattr("fcnkit.export.export_onnx", fake_export)
+    monkeypatch.setattr("fcnkit.cli.export.export_onnx", fake_export)
     parser = argparse.ArgumentParser()
     add_export_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["export", "fcn_resnet18_d8", "--out", str(tmp_path / "m.onnx"), "--num-classes", "3",

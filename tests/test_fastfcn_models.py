@@ -15,8 +15,8 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 import fcnkit
 from conftest import randomize_
-from fcnkit.cli import _family
 from fcnkit.models import Segmenter
+from fcnkit.models import describe_model as _family
 from fcnkit.models.backbones.resnet import ResNetBackbone
 from fcnkit.models.fastfcn import fastfcn
 from fcnkit.models.heads.aspp import ASPPHead

@@ -10,7 +10,8 @@ from fcnkit.cli import main
 from fcnkit.config import ConfigError, InferenceConfig, config_from_dict
 from fcnkit.data import build_dataset
 from fcnkit.engine.evaluate import evaluate
-from fcnkit.inference import _scaled_size, describe_inference, infer_logits
+from fcnkit.inference import describe_inference, infer_logits
+from fcnkit.inference.tta import _scaled_size
 from synthetic_data import make_folder_dataset
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import fcnkit
-from fcnkit.optimize import _fuse_conv_bn, fold_batchnorm, optimize_for_inference
+from fcnkit.inference.optimize import _fuse_conv_bn, fold_batchnorm, optimize_for_inference
 
 
 def _randomise_bn(model: nn.Module) -> nn.Module:
@@ -92,7 +92,7 @@ def test_channels_last_is_exact_and_bf16_is_opt_in():
 
 
 def test_a_broken_optimisation_is_refused(monkeypatch):
-    import fcnkit.optimize as opt
+    import fcnkit.inference.optimize as opt
 
     def bad_fuse(conv, bn):
         with torch.no_grad():

@@ -19,9 +19,9 @@ import fcnkit
 from fcnkit.cli import main
 from fcnkit.config import ConfigError, load_config
 from fcnkit.data import build_dataset
-from fcnkit.engine.errors import TrainingDiverged
 from fcnkit.engine.evaluate import evaluate
 from fcnkit.engine.train import train
+from fcnkit.errors import TrainingDiverged
 from synthetic_data import make_folder_dataset
 
 REPO = Path(__file__).resolve().parents[1]

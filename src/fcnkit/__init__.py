@@ -1,14 +1,35 @@
-"""fcnkit: Fully Convolutional Networks for semantic segmentation in pure PyTorch."""
+"""fcnkit: Fully Convolutional Networks for semantic segmentation in pure PyTorch.
+
+Layers, top to bottom; each imports only those below it (an import-linter contract in ``pyproject.toml``):
+
+* ``cli``: the ``fcnkit`` command (argument parsing lives only here);
+* ``apps``: the demo and the benchmark functions;
+* ``engine``: training, evaluation, optimisers, EMA, distributed helpers;
+* ``inference``: model specs, test-time augmentation, ``Predictor``, ``optimize_for_inference``;
+* ``export``: ONNX export and ONNX Runtime models;
+* ``checkpoint``, ``losses``, ``metrics``, ``visualize``; below them ``models`` and ``data``;
+* the base: ``registry``, ``config``, ``preprocessing``, ``hub``, ``errors``, ``utils``, ``version``.
+"""
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .inference import Predictor
+from .errors import FcnkitError
+from .inference import Predictor, optimize_for_inference
 from .models import create_model, init_from, list_models, list_weights
-from .optimize import optimize_for_inference
 from .preprocessing import CAFFE_BGR, IMAGENET, Preprocessing
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
-    "CAFFE_BGR", "IMAGENET", "Predictor", "Preprocessing", "create_model", "init_from", "list_models", "list_weights",
-    "load_checkpoint", "optimize_for_inference", "save_checkpoint",
-]  # fmt: skip
+    "CAFFE_BGR",
+    "IMAGENET",
+    "FcnkitError",
+    "Predictor",
+    "Preprocessing",
+    "__version__",
+    "create_model",
+    "init_from",
+    "list_models",
+    "list_weights",
+    "load_checkpoint",
+    "optimize_for_inference",
+    "save_checkpoint",
+]

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .errors import CheckpointError
 from .hub import load_file
 from .models import Segmenter, create_model
 from .preprocessing import Preprocessing
@@ -41,7 +42,9 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
 
 def checkpoint_dict(model: Segmenter, **extra: Any) -> dict[str, Any]:
     if not model.arch:
-        raise ValueError("this model was not built by fcnkit.create_model, so it cannot be rebuilt from a checkpoint")
+        raise CheckpointError(
+            "this model was not built by fcnkit.create_model, so it cannot be rebuilt from a checkpoint"
+        )
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -62,9 +65,12 @@ def save_checkpoint(path: str | os.PathLike[str], model: Segmenter, **extra: Any
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     obj = load_file(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an fcnkit checkpoint (no 'format': 'fcnkit' entry)")
+        raise CheckpointError(
+            f"{path} is not an fcnkit checkpoint (no 'format': 'fcnkit' entry); weights of other projects load "
+            "with create_model(name, weights=path)"
+        )
     if obj.get("version", 0) > VERSION:
-        raise ValueError(f"{path} was written by a newer fcnkit (checkpoint version {obj['version']})")
+        raise CheckpointError(f"{path} was written by a newer fcnkit (checkpoint version {obj['version']})")
     return obj
 
 

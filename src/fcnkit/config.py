@@ -20,11 +20,8 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 from .registry import close_matches
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
 
 
 @dataclass

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import tempfile
 import urllib.request
 from collections.abc import Callable
@@ -22,15 +24,21 @@ from typing import Any
 
 import torch
 
+from .errors import CheckpointError, ChecksumError, ConfigError, MissingFileError, OfflineError
+
+__all__ = [
+    "CheckpointError",
+    "ChecksumError",
+    "OfflineError",
+    "cache_dir",
+    "download",
+    "file_digest",
+    "is_offline",
+    "load_file",
+    "verify_file",
+]
+
 _CHUNK = 1 << 20
-
-
-class ChecksumError(RuntimeError):
-    """A file's digest does not match the one declared for it."""
-
-
-class OfflineError(RuntimeError):
-    """A file is needed from the network while ``FCNKIT_OFFLINE`` is set."""
 
 
 def cache_dir() -> Path:
@@ -46,13 +54,13 @@ def _parse_checksum(checksum: str) -> tuple[str, str]:
     algo, sep, digest = checksum.partition(":")
     algo, digest = algo.lower(), digest.lower()
     if not sep or algo not in ("sha256", "md5") or not digest:
-        raise ValueError(f"checksum must look like 'sha256:<hex>' or 'md5:<hex>', got {checksum!r}")
+        raise ConfigError(f"checksum must look like 'sha256:<hex>' or 'md5:<hex>', got {checksum!r}")
     if any(c not in "0123456789abcdef" for c in digest):
-        raise ValueError(f"checksum digits must be hexadecimal, got {checksum!r}")
+        raise ConfigError(f"checksum digits must be hexadecimal, got {checksum!r}")
     if algo == "sha256" and not 8 <= len(digest) <= 64:
-        raise ValueError(f"a sha256 checksum has 8 to 64 hex digits, got {checksum!r}")
+        raise ConfigError(f"a sha256 checksum has 8 to 64 hex digits, got {checksum!r}")
     if algo == "md5" and len(digest) != 32:
-        raise ValueError(f"an md5 checksum has 32 hex digits, got {checksum!r}")
+        raise ConfigError(f"an md5 checksum has 32 hex digits, got {checksum!r}")
     return algo, digest
 
 
@@ -127,13 +135,29 @@ def download(
 
 
 def load_file(path: str | os.PathLike[str]) -> Any:
-    """``torch.load`` on CPU with ``weights_only=True``; explains a refused pickle instead of a traceback."""
+    """``torch.load`` on CPU with ``weights_only=True``.
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        CheckpointError: the file holds pickled code (refused, nothing runs), or it is truncated or not a
+            PyTorch file at all; the message names the file and says which.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise
-    except Exception as e:
-        raise RuntimeError(
-            f"{path} could not be loaded with weights_only=True ({type(e).__name__}: {e}). fcnkit only reads "
-            "tensors and plain containers, never pickled code; re-save the weights as a plain state dict."
-        ) from e
+        raise MissingFileError(f"{path}: no such file") from None
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{path} is not a PyTorch file (unpickling failed: {e})") from None
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"refused to load {path}: it holds pickled code objects{what}, which would run on loading. fcnkit "
+            "only reads tensors and plain containers; if you trust the file, load it with "
+            "torch.load(weights_only=False) yourself and save its state dict."
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+        # torch reports a cut-off zip as RuntimeError (PytorchStreamReader), an empty file as EOFError and a
+        # non-torch file as a bare KeyError or ValueError from the unpickler.
+        detail = str(e).split(". ")[0] or type(e).__name__
+        raise CheckpointError(f"{path} is truncated or not a PyTorch file ({detail})") from None

@@ -12,6 +12,8 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+from .errors import UnknownNameError, UnknownOptionError
+
 T = TypeVar("T")
 
 
@@ -63,7 +65,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(unknown_name_message(self.kind, name, self._entries)) from None
+            raise UnknownNameError(unknown_name_message(self.kind, name, self._entries)) from None
 
     def build(self, name: str, **options: Any) -> T:
         """Call the factory for ``name``, rejecting options its signature does not accept."""
@@ -88,4 +90,6 @@ def check_options(fn: Callable[..., Any], options: dict[str, Any], where: str) -
         if key not in accepted:
             matches = close_matches(key, accepted)
             hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
-            raise TypeError(f"{where} got an unknown option {key!r}.{hint} Accepted options: {', '.join(accepted)}.")
+            raise UnknownOptionError(
+                f"{where} got an unknown option {key!r}.{hint} Accepted options: {', '.join(accepted)}."
+            )

@@ -25,15 +25,13 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 from torch import Tensor
 
+from fcnkit.errors import DataError
+
 PathLike = str | os.PathLike[str]
 RGB = tuple[int, int, int]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _INDEX_LABEL_MODES = ("P", "L", "1", *_SIXTEEN_BIT_MODES)
-
-
-class DataError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent. The message names the file."""
 
 
 # --- strict decoding ---------------------------------------------------------------------------------

@@ -21,15 +21,9 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from fcnkit.preprocessing import Preprocessing
+from fcnkit.utils import as_pair
 
 Sample = dict[str, Any]
-
-
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    h, w = size
-    return int(h), int(w)
 
 
 def resize_label(label: Tensor, size: tuple[int, int]) -> Tensor:
@@ -87,7 +81,7 @@ class TrainTransform:
         if not 0.0 <= color_jitter < 1.0:
             raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter}")
         self.preprocessing = preprocessing
-        self.crop_size = None if crop_size is None else _pair(crop_size)
+        self.crop_size = None if crop_size is None else as_pair(crop_size)
         self.scale_range = scale_range
         self.base_size = base_size
         self.hflip = hflip

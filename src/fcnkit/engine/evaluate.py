@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import InferenceConfig
 from ..data import EvalTransform, pad_collate
-from ..inference import infer_logits
+from ..inference import infer_logits, is_plain
 from ..metrics import ConfusionMatrix, SegMetrics
 from .distributed import DistInfo, shard_indices
 from .progress import Progress
@@ -49,10 +49,6 @@ def predict_batch(model: nn.Module, images: Tensor, amp_dtype: torch.dtype | Non
         return infer_logits(model, images, inference)
 
 
-def _is_plain(inference: InferenceConfig | None) -> bool:
-    return inference is None or (inference.mode == "whole" and list(inference.scales) == [1.0] and not inference.flip)
-
-
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -86,7 +82,7 @@ def evaluate(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = batch["label"].to(device)
-        if _is_plain(inference):
+        if is_plain(inference):
             pred = predict_batch(model, images, amp_dtype).argmax(1)
             for i, (h, w) in enumerate(batch["size"]):
                 cm.update(pred[i, :h, :w], labels[i, :h, :w])

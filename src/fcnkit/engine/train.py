@@ -30,13 +30,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import atomic_save, checkpoint_dict
 from ..config import TrainConfig, dump_config, to_dict
-from ..data import DataError, TrainTransform, build_dataset, check_dataset, pad_collate
+from ..data import TrainTransform, build_dataset, check_dataset, pad_collate
+from ..errors import DataError, TrainingDiverged
 from ..losses import SegmentationLoss, median_frequency_weights
 from ..metrics import SegMetrics
 from ..models import create_model
 from .distributed import DistInfo, ResumableSampler, barrier, broadcast_buffers, init_distributed, shutdown
 from .ema import ModelEMA
-from .errors import TrainingDiverged
 from .evaluate import evaluate
 from .optim import build_optimizer, build_scheduler
 from .pictures import save_training_pictures

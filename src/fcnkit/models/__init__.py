@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from typing import Any
 
+import torch
 from torch import nn
 
 from . import fastfcn, resnet_fcn, timm_fcn, vgg_fcn  # noqa: F401  (fill the registry)
@@ -13,14 +15,58 @@ from .weights import MODEL_WEIGHTS, list_weights, resolve
 from .zoo import MODELS, infer_num_classes, init_from, load_model_weights, set_metadata
 
 __all__ = [
-    "MODELS", "Backbone", "FeatureInfo", "Segmenter", "create_model", "init_from", "list_models", "list_weights",
-]  # fmt: skip
+    "MODELS",
+    "Backbone",
+    "FeatureInfo",
+    "Segmenter",
+    "count_parameters",
+    "create_model",
+    "describe_model",
+    "init_from",
+    "list_models",
+    "list_weights",
+]
+
+_FASTFCN_HEADS = {
+    "enc": "EncNet (context encoding)",
+    "psp": "PSPNet (pyramid pooling)",
+    "deeplabv3": "DeepLabV3 (ASPP)",
+}
+_FASTFCN_NECKS = {
+    "jpu": "on a stride-32 ResNet + JPU (FastFCN)",
+    "jpux": "on a stride-32 ResNet + JPU_X (FastFCN)",
+    "d8": "on a dilated ResNet, output stride 8 (FastFCN's baseline)",
+}
+#: (fnmatch pattern, one-line description) of the registered families; the first matching pattern wins.
+MODEL_FAMILIES: tuple[tuple[str, str], ...] = (
+    *(
+        (f"{head}_resnet*_{neck}", f"{head_text} {neck_text}")
+        for head, head_text in _FASTFCN_HEADS.items()
+        for neck, neck_text in _FASTFCN_NECKS.items()
+    ),
+    ("*_atonce_vgg16", "VGG16 FCN-8s trained at once (pool4 x0.01, pool3 x0.0001), Caffe geometry"),
+    ("*_vgg16", "VGG16 FCN, Caffe geometry (pad 100, ceil pools, fixed crops)"),
+    ("*_timm", "any timm features_only backbone (backbone=...)"),
+    ("*_d8", "FCNHead on a dilated ResNet, output stride 8 (torchvision form)"),
+    ("*_d16", "FCNHead on a dilated ResNet, output stride 16"),
+)
+
+
+def describe_model(name: str) -> str:
+    """A one-line description of a registered model's family (empty when no family pattern matches)."""
+    return next((text for pattern, text in MODEL_FAMILIES if fnmatch.fnmatchcase(name, pattern)), "")
+
+
+def count_parameters(name: str, num_classes: int = 21) -> int:
+    """Parameters of ``create_model(name, num_classes)``, frozen ones included, counted on the ``meta`` device
+    (shapes only: no memory and no initialisation cost)."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes)
+    return sum(p.numel() for p in model.parameters())
 
 
 def list_models(pattern: str | None = None) -> list[str]:
     """Registered model names, optionally filtered by a substring or ``fnmatch`` pattern."""
-    import fnmatch
-
     names = MODELS.names()
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern) or pattern in n]

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..errors import MissingFileError, UnknownNameError
 from ..hub import download, load_file
 from ..preprocessing import CAFFE_BGR, IMAGENET, Preprocessing
 from ..registry import unknown_name_message
@@ -162,7 +163,7 @@ def list_weights(model: str | None = None) -> dict[str, list[str]]:
 def _lookup(table: dict[str, dict[str, WeightsEntry]], owner: str, tag: str, kind: str) -> WeightsEntry:
     tags = table.get(owner, {})
     if tag not in tags:
-        raise KeyError(
+        raise UnknownNameError(
             unknown_name_message(f"{kind} for {owner}", tag, tags)
             if tags
             else f"no published {kind} are declared for {owner!r}; pass a file path instead"
@@ -194,7 +195,7 @@ def resolve(spec: str | os.PathLike[str], owner: str, backbone: bool = False) ->
     if looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"weights file {path} does not exist")
+            raise MissingFileError(f"weights file {path} does not exist")
         # A declared file fetched by hand keeps its metadata (preprocessing, classes) when passed by path.
         entry = next((e for tags in table.values() for e in tags.values() if e.local_name == path.name), None)
         return _from_object(load_file(path), entry, str(path))

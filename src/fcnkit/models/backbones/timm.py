@@ -7,16 +7,14 @@ from typing import Any
 
 from torch import Tensor
 
+from ...errors import UnknownNameError
 from ...registry import unknown_name_message
+from ...utils import require
 from ..segmenter import Backbone, FeatureInfo
 
 
 def import_timm() -> Any:
-    try:
-        import timm
-    except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError("timm backbones need the 'timm' package: pip install 'fcnkit[timm]'") from e
-    return timm
+    return require("timm", "timm", "timm backbones")
 
 
 class TimmBackbone(Backbone):
@@ -38,7 +36,7 @@ class TimmBackbone(Backbone):
         timm = import_timm()
         name = name.removeprefix("timm:")
         if not timm.is_model(name):
-            raise ValueError(unknown_name_message("timm backbone", name, timm.list_models()))
+            raise UnknownNameError(unknown_name_message("timm backbone", name, timm.list_models()))
         kwargs: dict[str, Any] = {"features_only": True, "pretrained": False, **timm_kwargs}
         if output_stride not in (None, 32):
             kwargs["output_stride"] = output_stride

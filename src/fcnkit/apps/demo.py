@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig, config_from_dict
+from ..config import TrainConfig, config_from_dict
+from ..data import build_dataset
+from ..data.synthetic import make_shapes_dataset
+from ..engine.evaluate import evaluate
+from ..engine.pictures import save_evaluation_pictures
+from ..engine.train import train
+from ..inference import Predictor, expand_inputs, predict_files
+from ..visualize import legend
 
 #: The demo's training recipe, in the same keys as a YAML file (train/config.yaml holds the resolved form).
 DEMO_RECIPE: dict[str, Any] = {
@@ -73,14 +80,6 @@ def run_demo(
     device: str = "auto",
 ) -> DemoResult:
     """Run the five steps of the module docstring into ``out`` and return the numbers and files."""
-    from .data import build_dataset
-    from .data.synthetic import make_shapes_dataset
-    from .engine.evaluate import evaluate
-    from .engine.pictures import save_evaluation_pictures
-    from .engine.train import train
-    from .inference import Predictor, expand_inputs, predict_files
-    from .visualize import legend
-
     start = time.perf_counter()
     out = Path(out)
     print(f"[1/4] generating the shapes dataset in {out / 'data'}")

@@ -1,6 +1,6 @@
-"""Speed, FLOPs and memory of a segmentation model: ``fcnkit benchmark`` and the functions behind it.
+"""Speed, FLOPs and memory of a segmentation model: the functions behind ``fcnkit benchmark`` and ``benchmarks/``.
 
-What is measured, and how (REFERENCE.md section 6: peers' numbers are only comparable when the protocol is
+What is measured, and how (speed figures of different projects are only comparable when the protocol is
 stated, so every result carries its ``protocol`` and the printed table ends with it):
 
 * **Latency**: whole forward passes (final resize included) of one batch, in eval mode under
@@ -28,7 +28,6 @@ stated, so every result carries its ``protocol`` and the printed table ends with
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import json
@@ -36,22 +35,33 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..version import __version__
+
 __all__ = [
-    "BenchResult", "add_benchmark_parser", "benchmark", "cmd_benchmark", "describe_protocol", "format_table", "write_csv",
+    "BenchResult",
+    "benchmark",
+    "count_flops",
+    "describe_protocol",
+    "device_name",
+    "format_table",
+    "num_threads",
+    "peak_memory",
+    "sync",
+    "time_forwards",
+    "write_csv",
     "write_json",
-]  # fmt: skip
+]
 
 #: What is timed: ``(B, 3, H, W)`` float tensor -> ``{"out": (B, C, H, W), ...}``.
 Forward = Callable[[Tensor], Any]
@@ -121,16 +131,6 @@ class BenchResult:
         return row
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0-100) with linear interpolation between order statistics (numpy's default)."""
-    if not values:
-        raise ValueError("percentile of no values")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(rank), math.ceil(rank)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
-
-
 def benchmark(
     model_or_callable: nn.Module | Forward,
     sizes: Sequence[tuple[int, int]] = ((480, 640),),
@@ -187,7 +187,7 @@ def benchmark(
     name = name or _model_name(model)
     params = _count_params(model)
 
-    with _num_threads(threads):
+    with num_threads(threads):
         forward = prepare(model) if prepare is not None else model
         protocol = _protocol(device, dtype, warmup, repeats, dynamic, prepare, timer)
         results = []
@@ -196,34 +196,34 @@ def benchmark(
                 shapes = [(h, w), (w, h)] if dynamic else [(h, w)]
                 inputs = [torch.randn(batch, 3, *s, device=device, dtype=dtype) for s in shapes]
                 with torch.inference_mode():
-                    seconds = _time_forwards(forward, inputs, device, warmup, repeats, timer)
-                    flops = _count_flops(model, inputs)
-                    peaks = [_peak_memory(forward, x, device) for x in inputs]
+                    seconds = time_forwards(forward, inputs, device, warmup, repeats, timer)
+                    flops = count_flops(model, inputs)
+                    peaks = [peak_memory(forward, x, device) for x in inputs]
                     memory = None if None in peaks else max(peaks)
                 results.append(_result(name, (h, w), batch, dynamic, seconds, params, flops, memory, protocol))
                 del inputs
     return results
 
 
-def _time_forwards(
+def time_forwards(
     forward: Forward, inputs: list[Tensor], device: torch.device, warmup: int, repeats: int, timer: Callable
 ) -> list[float]:
     """Seconds of each timed pass; call ``i`` (warm-up included) gets ``inputs[i % len(inputs)]``."""
     for i in range(warmup):
         forward(inputs[i % len(inputs)])
-    _sync(device)
+    sync(device)
     seconds = []
     for i in range(warmup, warmup + repeats):
         x = inputs[i % len(inputs)]
-        _sync(device)
+        sync(device)
         start = timer()
         forward(x)
-        _sync(device)
+        sync(device)
         seconds.append(timer() - start)
     return seconds
 
 
-def _count_flops(model: Forward, inputs: list[Tensor]) -> float | None:
+def count_flops(model: Forward, inputs: list[Tensor]) -> float | None:
     """Mean FLOPs of one forward over ``inputs`` (the two shapes of dynamic mode), or None if uncountable."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -239,7 +239,7 @@ def _count_flops(model: Forward, inputs: list[Tensor]) -> float | None:
     return sum(counts) / len(counts)
 
 
-def _peak_memory(forward: Forward, x: Tensor, device: torch.device) -> float | None:
+def peak_memory(forward: Forward, x: Tensor, device: torch.device) -> float | None:
     """MiB allocated at the peak of one forward, above what was allocated before it (None: not measurable)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -281,7 +281,7 @@ def _result(
     median = statistics.median(seconds)
     return BenchResult(
         name=name, size=size, batch=batch, dynamic=dynamic,
-        median_ms=1000 * median, p90_ms=1000 * percentile(seconds, 90), min_ms=1000 * min(seconds),
+        median_ms=1000 * median, p90_ms=1000 * float(np.percentile(seconds, 90)), min_ms=1000 * min(seconds),
         mean_ms=1000 * statistics.fmean(seconds),
         images_per_s=batch / median if median > 0 else math.inf,
         params=params,
@@ -291,7 +291,7 @@ def _result(
     )  # fmt: skip
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -311,7 +311,7 @@ def _count_params(model: Any) -> int | None:
 
 
 @contextmanager
-def _num_threads(threads: int | None) -> Iterator[None]:
+def num_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
@@ -323,7 +323,7 @@ def _num_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -343,11 +343,9 @@ def _protocol(
     prepare: Callable | None,
     timer: Callable,
 ) -> dict[str, Any]:
-    from . import __version__
-
     protocol: dict[str, Any] = {
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "dtype": str(dtype).removeprefix("torch."),
         "warmup": warmup,
@@ -450,71 +448,3 @@ def write_json(results: Sequence[BenchResult], path: str | os.PathLike[str]) -> 
     with open(path, "w") as f:
         json.dump([r.to_dict() for r in results], f, indent=2)
         f.write("\n")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Command line
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def add_benchmark_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``benchmark`` subcommand to ``fcnkit``'s subparsers."""
-    from .cli import _size  # here, not at the top: cli imports this module
-
-    p = subparsers.add_parser(
-        "benchmark", help="latency, images/s, FLOPs, parameters and peak memory of models",
-        description="Time whole forward passes of models (random weights for a bare name) and count their FLOPs "
-        "and peak memory; the table states the protocol (input, batch, dtype, warm-up, device, sync).",
-    )  # fmt: skip
-    p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="a registered model name (random weights), an fcnkit checkpoint or '<model>.<weights tag>'")  # fmt: skip
-    p.add_argument("--size", type=_size, nargs="+", action="extend", metavar="HxW",
-                   help="input sizes (default 480x640, torchfcn's)")  # fmt: skip
-    p.add_argument("--batch", type=int, nargs="+", action="extend", metavar="N", help="batch sizes (default 1)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--warmup", type=int, default=5, help="untimed passes per size and batch (default 5)")
-    p.add_argument("--repeats", type=int, default=20, help="timed passes per size and batch (default 20)")
-    p.add_argument("--dynamic", action="store_true", help="alternate HxW and WxH on every call (torchfcn)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
-    p.add_argument("--num-classes", type=int, help="classes of models built by name (default 21)")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model and input dtype")
-    p.add_argument("--fast", action="store_true", help="time fcnkit.optimize.optimize_for_inference(model)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"),
-                   help="the backend of --fast (implies it); onnxruntime exports the model to ONNX first")  # fmt: skip
-    p.add_argument("--csv", metavar="FILE", help="also write the results to this CSV file")
-    p.add_argument("--json", metavar="FILE", help="also write the results (with raw timings) to this JSON file")
-    p.set_defaults(func=cmd_benchmark)
-    return p
-
-
-def _fast_prepare(backend: str) -> Callable[[nn.Module], Forward]:
-    from .optimize import optimize_for_inference
-
-    return optimize_for_inference if backend == "torch" else functools.partial(optimize_for_inference, backend=backend)
-
-
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    from .inference import model_from_spec
-
-    prepare = _fast_prepare(args.backend or "torch") if args.fast or args.backend else None
-    sizes = args.size or [(480, 640)]
-    batches = args.batch or [1]
-    results: list[BenchResult] = []
-    for spec in args.models:
-        print(f"benchmarking {spec} ...", file=sys.stderr, flush=True)
-        model = model_from_spec(spec, args.num_classes)
-        name = Path(spec).name if os.sep in spec else spec
-        results += benchmark(model, sizes=sizes, batch_sizes=batches, device=args.device, warmup=args.warmup,
-                             repeats=args.repeats, dynamic=args.dynamic, dtype=DTYPES[args.dtype], name=name,
-                             prepare=prepare, threads=args.threads)  # fmt: skip
-        del model
-    print(format_table(results))
-    if args.csv:
-        write_csv(results, args.csv)
-        print(f"wrote {args.csv}")
-    if args.json:
-        write_json(results, args.json)
-        print(f"wrote {args.json}")
-    return 0

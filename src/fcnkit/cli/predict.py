@@ -1,0 +1,41 @@
+"""``fcnkit predict``: segment image files, folders or globs into label PNGs, overlays and probabilities."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..inference import Predictor, expand_inputs, predict_files
+from .args import add_device_arg, add_inference_args, inference_from_args
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    predictor = Predictor(
+        args.model,
+        device=args.device,
+        tile=args.tile,
+        batch_size=1,
+        inference=inference_from_args(args),
+        optimize=not args.no_optimize,
+        backend=args.backend,
+    )
+    paths = expand_inputs(args.inputs)
+    report = predict_files(predictor, paths, args.out, probs=args.probs, alpha=args.alpha)
+    skipped = len(report.skipped)
+    print(
+        f"wrote {len(report.written)} of {len(paths)} predictions to {args.out}"
+        + (f"; {skipped} skipped" if skipped else "")
+    )
+    return 1 if skipped else 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment images: label PNGs (palette, values = class index) + overlays")
+    p.add_argument("model", help="an fcnkit checkpoint, or '<model>.<weights tag>' such as fcn_resnet50_d8.coco_voc")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--probs", action="store_true", help="also write class probabilities (<name>_probs.npy, float16)")
+    p.add_argument("--tile", type=int, help="segment images larger than this in overlapping tiles of this size")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    add_inference_args(p)
+    add_device_arg(p)
+    p.set_defaults(func=cmd_predict)

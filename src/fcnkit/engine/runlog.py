@@ -1,0 +1,54 @@
+"""A run's ``metrics.jsonl``: one JSON object per line, appended as training goes, read back for the plots.
+
+Training records carry ``step``, ``epoch``, ``lr``, ``loss_*``, ``images_per_s`` and ``train_minutes``;
+evaluation records ``step``, ``epoch``, ``train_minutes`` and ``val`` (the metrics as a dict). The writer and
+the reader live together here so the format has one owner.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+__all__ = ["append_record", "read_run_log"]
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one line and close the file, so a crash loses at most the line being written."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_run_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training and evaluation records of a ``metrics.jsonl``, each sorted by step.
+
+    A resumed run appends records for steps it had already logged before the crash; keeping the last
+    record per step follows the history that produced the final weights and draws one clean line.
+    """
+    lines = path.read_text().splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    train: dict[int, dict[str, Any]] = {}
+    val: dict[int, dict[str, Any]] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == last:  # a run still being written can end in a half-written line
+                warnings.warn(f"{path}:{i + 1}: skipping an incomplete last line", stacklevel=3)
+                continue
+            raise DataError(f"{path}:{i + 1}: not a JSON record ({e.msg})") from None
+        if not isinstance(record, dict) or "step" not in record:
+            raise DataError(f"{path}:{i + 1}: expected a JSON object with a 'step' key")
+        step = int(record["step"])
+        if isinstance(record.get("val"), dict):
+            val[step] = record
+        elif "loss_total" in record or "lr" in record:
+            train[step] = record
+        # other record kinds (none today) are left alone rather than refused, so old plots keep working
+    return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]

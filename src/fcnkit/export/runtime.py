@@ -1,0 +1,145 @@
+"""An exported ``.onnx`` file run by ONNX Runtime, with the fcnkit model contract, and its metadata.
+
+``OnnxRuntimeModel`` reads a file written by :func:`fcnkit.export.export_onnx` back as a model:
+``model(x)["out"]``, ``.preprocessing``, ``.num_classes``, ``.classes``, ``.palette``, so
+:class:`fcnkit.Predictor` runs it in place of a torch model. ``onnxruntime`` is optional
+(``pip install 'fcnkit[onnx]'``) and imported when a model is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, MissingFileError
+from ..preprocessing import IMAGENET, Preprocessing
+from ..utils import require
+from ..version import __version__
+
+INPUT_NAME, OUTPUT_NAME = "input", "out"
+#: Version of the ``fcnkit.*`` metadata layout written into the ONNX file.
+METADATA_VERSION = 1
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def require_onnx(module: str) -> Any:
+    """``onnx``, ``onnxscript`` or ``onnxruntime``, or an error naming the ``fcnkit[onnx]`` extra."""
+    return require(module, "onnx", "ONNX export and ONNX Runtime inference")
+
+
+def model_metadata(model: nn.Module, num_classes: int | None) -> dict[str, str]:
+    arch = getattr(model, "arch", None) or {"name": type(model).__name__}
+    preprocessing = getattr(model, "preprocessing", None) or IMAGENET
+    palette = getattr(model, "palette", None)
+    classes = getattr(model, "classes", None)
+    return {
+        "fcnkit.metadata_version": str(METADATA_VERSION),
+        "fcnkit.version": __version__,
+        "fcnkit.arch": json.dumps(arch, default=str),
+        "fcnkit.num_classes": str(num_classes) if num_classes else "",
+        "fcnkit.classes": json.dumps(list(classes) if classes else None),
+        "fcnkit.palette": json.dumps([list(c) for c in palette] if palette else None),
+        "fcnkit.preprocessing": json.dumps(preprocessing.to_dict()),
+        "fcnkit.input": (
+            f"{INPUT_NAME!r}: float32 (B, 3, H, W) = (reorder(rgb) * scale - mean) / std, "
+            "rgb in 0-255, parameters in fcnkit.preprocessing"
+        ),
+        "fcnkit.output": f"{OUTPUT_NAME!r}: float32 logits (B, C, H, W), the input size",
+    }
+
+
+def read_metadata(props: dict[str, str]) -> dict[str, Any]:
+    """The ``fcnkit.*`` metadata of an exported file, decoded: ``arch``, ``num_classes``, ``classes``,
+    ``palette``, ``preprocessing`` (a :class:`Preprocessing`); absent keys are ``None``."""
+    out: dict[str, Any] = {k: None for k in ("arch", "num_classes", "classes", "palette", "preprocessing")}
+    if props.get("fcnkit.arch"):
+        out["arch"] = json.loads(props["fcnkit.arch"])
+    if props.get("fcnkit.num_classes"):
+        out["num_classes"] = int(props["fcnkit.num_classes"])
+    if props.get("fcnkit.classes"):
+        out["classes"] = json.loads(props["fcnkit.classes"])
+    if props.get("fcnkit.palette"):
+        palette = json.loads(props["fcnkit.palette"])
+        out["palette"] = [tuple(c) for c in palette] if palette else None
+    if props.get("fcnkit.preprocessing"):
+        out["preprocessing"] = Preprocessing.from_dict(json.loads(props["fcnkit.preprocessing"]))
+    return out
+
+
+class OnnxRuntimeModel(nn.Module):
+    """An exported ``.onnx`` file run by ONNX Runtime, with the fcnkit model contract.
+
+    ``model(x)`` maps preprocessed float images ``(B, 3, H, W)`` (a torch tensor, any device) to
+    ``{"out": (B, C, H, W)}`` float32 logits on ``x``'s device. ``preprocessing``, ``num_classes``,
+    ``classes``, ``palette`` and ``arch`` come from the file's fcnkit metadata, so :class:`fcnkit.Predictor`
+    and :func:`fcnkit.inference.infer_logits` accept it in place of a torch model. It has no parameters:
+    ``.to(device)`` and ``.eval()`` change nothing (the session runs on its execution providers).
+
+    Args:
+        model: a path to an ``.onnx`` file or an ``onnxruntime.InferenceSession``.
+        intra_op_threads: ONNX Runtime's threads per operator (default: its own choice, the physical cores).
+        graph_optimization: ``"disable"``, ``"basic"``, ``"extended"`` or ``"all"`` (ONNX Runtime's levels;
+            ``"all"`` adds layout optimisations and fusions such as Conv+Add+Relu).
+        providers: execution providers, default ``["CPUExecutionProvider"]``.
+        preprocessing: override the file's metadata (needed for ONNX files not written by fcnkit, which
+            otherwise get ImageNet preprocessing and a warning).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | Any,
+        *,
+        intra_op_threads: int | None = None,
+        graph_optimization: str = "all",
+        providers: Sequence[str] | None = None,
+        preprocessing: Preprocessing | None = None,
+    ) -> None:
+        super().__init__()
+        ort = require_onnx("onnxruntime")
+        if isinstance(model, ort.InferenceSession):
+            session, self.path = model, None
+        else:
+            if graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+                raise ConfigError(f"graph_optimization must be one of {GRAPH_OPTIMIZATION_LEVELS}, got "
+                                 f"{graph_optimization!r}")  # fmt: skip
+            options = ort.SessionOptions()
+            level = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                     "all": "ORT_ENABLE_ALL"}[graph_optimization]  # fmt: skip
+            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+            if intra_op_threads:
+                options.intra_op_num_threads = int(intra_op_threads)
+            self.path = Path(model)
+            if not self.path.is_file():
+                raise MissingFileError(f"{self.path}: no such ONNX file")
+            session = ort.InferenceSession(
+                os.fspath(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        meta = read_metadata(session.get_modelmeta().custom_metadata_map)
+        channels = session.get_outputs()[0].shape[1]
+        self.num_classes: int | None = meta["num_classes"] or (channels if isinstance(channels, int) else None)
+        self.classes: list[str] | None = meta["classes"]
+        self.palette: list[tuple[int, int, int]] | None = meta["palette"]
+        self.arch: dict[str, Any] = meta["arch"] or {}
+        if preprocessing is None and meta["preprocessing"] is None:
+            warnings.warn(f"{self.path or 'this ONNX model'} has no fcnkit preprocessing metadata: assuming "
+                          "ImageNet RGB mean/std (pass preprocessing=... if that is wrong)", stacklevel=2)  # fmt: skip
+        self.preprocessing: Preprocessing = preprocessing or meta["preprocessing"] or IMAGENET
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """``x``: preprocessed images ``(B, 3, H, W)`` -> ``{"out": (B, C, H, W)}`` float32 logits."""
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        (out,) = self.session.run([self.output_name], {self.input_name: array})
+        return {"out": torch.from_numpy(out).to(x.device)}
+
+    def extra_repr(self) -> str:
+        return f"{self.path or 'InferenceSession'}, providers={self.session.get_providers()}"

@@ -1,0 +1,117 @@
+"""``Predictor``: load a model once, segment many images of any size, mode or orientation.
+
+It applies the preprocessing stored with the weights, runs whole images by default and large ones by
+sliding-window tiling (overlapping tiles whose logits are averaged), and returns per-pixel class indices at
+the input's resolution, optionally with class probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from ..config import InferenceConfig
+from ..data.io import read_image
+from ..utils import resolve_device
+from .loading import load_model
+from .optimize import optimized_or_plain
+from .tta import infer_logits
+
+__all__ = ["Prediction", "Predictor", "to_rgb_tensor"]
+
+
+@dataclass
+class Prediction:
+    """``label``: (H, W) int64 class indices; ``probs``: (C, H, W) float32 softmax, when asked for."""
+
+    label: Tensor
+    probs: Tensor | None = None
+
+
+class Predictor:
+    """Load once, predict many.
+
+    Args:
+        model: an fcnkit checkpoint path, ``"<model>.<weights tag>"`` or a ``Segmenter``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        tile: shorthand for sliding-window inference in ``tile x tile`` windows (images smaller than a tile
+            in both directions are run whole, which is the same thing).
+        overlap: fraction of a tile shared by neighbouring windows.
+        batch_size: images of identical size are batched together up to this many.
+        inference: test-time options (scales, flip, slide; see :class:`fcnkit.config.InferenceConfig`).
+            ``tile`` turns its whole-image passes into sliding windows; an explicit slide setting wins.
+        optimize: run through :func:`fcnkit.optimize_for_inference` with its exact defaults (BatchNorm folded
+            into the convolutions, checked against the plain model on a random input); if that check fails
+            the plain model is used and a warning says why.
+        backend: ``"torch"`` or ``"onnxruntime"`` (the model exported to ONNX once and run by ONNX Runtime on
+            the CPU; needs ``fcnkit[onnx]``), for ``optimize``.
+    """
+
+    def __init__(self, model: str | os.PathLike[str] | nn.Module, device: str = "auto", tile: int | None = None,
+                 overlap: float = 1 / 3, batch_size: int = 1,
+                 inference: InferenceConfig | None = None, optimize: bool = True,
+                 backend: str = "torch") -> None:  # fmt: skip
+        self.device = resolve_device(device)
+        self.model = load_model(model).to(self.device).eval()
+        if optimize:
+            self.model = optimized_or_plain(self.model, backend)
+        self.batch_size = max(1, batch_size)
+        inference = inference or InferenceConfig()
+        if tile and inference.mode == "whole":
+            stride = max(1, round(tile * (1 - overlap)))
+            inference = dataclasses.replace(inference, mode="slide", crop_size=[tile, tile], stride=[stride, stride])
+        self.inference = inference
+        self.num_classes = int(self.model.num_classes or 0)
+        self.classes = list(self.model.classes or [f"class {i}" for i in range(self.num_classes)])
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return infer_logits(self.model, x, self.inference, self.num_classes)
+
+    @torch.inference_mode()
+    def predict_tensor(self, rgb: Tensor, probs: bool = False) -> list[Prediction]:
+        """``rgb``: uint8 ``(B, 3, H, W)`` or ``(3, H, W)`` RGB pixels -> one ``Prediction`` per image."""
+        if rgb.ndim == 3:
+            rgb = rgb[None]
+        x = self.model.preprocessing(rgb.to(self.device))
+        logits = self._logits(x)
+        labels = logits.argmax(1).cpu()
+        soft = logits.softmax(1).cpu() if probs else None
+        return [Prediction(labels[i], soft[i] if soft is not None else None) for i in range(labels.shape[0])]
+
+    def predict(
+        self, image: str | os.PathLike[str] | Image.Image | np.ndarray | Tensor, probs: bool = False
+    ) -> Prediction:
+        """One image: a file (EXIF orientation applied), a PIL image, an ``(H, W, 3)`` array or a tensor."""
+        return self.predict_tensor(to_rgb_tensor(image), probs)[0]
+
+    def predict_many(self, images: Iterable[Tensor], probs: bool = False) -> Iterator[Prediction]:
+        """Predictions in order; consecutive images of the same size share a batch."""
+        pending: list[Tensor] = []
+        for image in images:
+            if pending and (len(pending) == self.batch_size or pending[0].shape != image.shape):
+                yield from self.predict_tensor(torch.stack(pending), probs)
+                pending = []
+            pending.append(image)
+        if pending:
+            yield from self.predict_tensor(torch.stack(pending), probs)
+
+
+def to_rgb_tensor(image: str | os.PathLike[str] | Image.Image | np.ndarray | Tensor) -> Tensor:
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.uint8)
+    if isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3:
+        return image
+    raise TypeError(f"cannot read an image from {type(image).__name__}")
