@@ -58,14 +58,28 @@ class PaddedPeer(nn.Module):
         return {"out": out[..., :h, :w]}
 
 
-def _record(kind: str, seed: int, val: dict, classes: list[str], steps: int, ips: float, minutes: float,
-            curve: list[tuple[float, float]]) -> dict:  # fmt: skip
+def _record(
+    kind: str,
+    seed: int,
+    val: dict,
+    classes: list[str],
+    steps: int,
+    ips: float,
+    minutes: float,
+    curve: list[tuple[float, float]],
+) -> dict:
     """One row of the summary from an evaluation (``SegMetrics.as_dict()``) and the run's figures."""
     return {
-        "run": kind, "seed": seed, "train_minutes": minutes, "steps": steps, "images_per_s": ips,
-        "miou": val["miou"] * 100, "pixel_acc": val["pixel_acc"] * 100,
-        "iou": {c: float(v) * 100 for c, v in zip(classes, val["iou"], strict=True)}, "curve": curve,
-    }  # fmt: skip
+        "run": kind,
+        "seed": seed,
+        "train_minutes": minutes,
+        "steps": steps,
+        "images_per_s": ips,
+        "miou": val["miou"] * 100,
+        "pixel_acc": val["pixel_acc"] * 100,
+        "iou": {c: float(v) * 100 for c, v in zip(classes, val["iou"], strict=True)},
+        "curve": curve,
+    }
 
 
 def run_fcnkit(args: argparse.Namespace, seed: int, out: Path) -> dict:
@@ -74,9 +88,14 @@ def run_fcnkit(args: argparse.Namespace, seed: int, out: Path) -> dict:
     from fcnkit.data import build_dataset
     from fcnkit.engine.train import train
 
-    overrides = [f"data.root={args.data}", f"seed={seed}", f"output_dir={out}",
-                 f"schedule.budget_minutes={args.minutes}", f"resume={str(not args.fresh).lower()}",
-                 *args.set]  # fmt: skip
+    overrides = [
+        f"data.root={args.data}",
+        f"seed={seed}",
+        f"output_dir={out}",
+        f"schedule.budget_minutes={args.minutes}",
+        f"resume={str(not args.fresh).lower()}",
+        *args.set,
+    ]
     train(load_config(str(args.recipe), overrides))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evaluations = [r for r in records if "val" in r]
@@ -84,8 +103,16 @@ def run_fcnkit(args: argparse.Namespace, seed: int, out: Path) -> dict:
     curve = [(r["train_minutes"], r["val"]["miou"] * 100) for r in evaluations]
     classes = list(build_dataset("camvid", args.data, "val").classes)
     last = steps[-1]  # images_per_s is cumulative over the run (resumed runs included)
-    return _record("fcnkit", seed, evaluations[-1]["val"], classes, last["step"], last["images_per_s"],
-                   last["train_minutes"], curve)  # fmt: skip
+    return _record(
+        "fcnkit",
+        seed,
+        evaluations[-1]["val"],
+        classes,
+        last["step"],
+        last["images_per_s"],
+        last["train_minutes"],
+        curve,
+    )
 
 
 def run_peer(args: argparse.Namespace, seed: int, out: Path) -> dict:
@@ -100,9 +127,16 @@ def run_peer(args: argparse.Namespace, seed: int, out: Path) -> dict:
     ignore = val_set.ignore_index
     transform = TrainTransform(IMAGENET, crop_size=(224, 288), scale_range=(0.5, 2.0), hflip=0.5, ignore_index=ignore)
     train_set = build_dataset("camvid", args.data, "train", transform=transform)
-    loader = DataLoader(train_set, batch_size=8, shuffle=True, num_workers=args.workers, drop_last=True,
-                        collate_fn=lambda b: pad_collate(b, ignore_index=ignore), persistent_workers=args.workers > 0,
-                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    loader = DataLoader(
+        train_set,
+        batch_size=8,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        collate_fn=lambda b: pad_collate(b, ignore_index=ignore),
+        persistent_workers=args.workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
     net = smp.FPN(encoder_name="resnet18", encoder_weights=None, classes=train_set.num_classes)
     model = PaddedPeer(net, train_set.num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -136,8 +170,9 @@ def run_peer(args: argparse.Namespace, seed: int, out: Path) -> dict:
             print(f"peer seed {seed}: {spent / 60:.1f} min, step {steps}, val mIoU {metrics.miou * 100:.2f}")
             next_eval += args.eval_every * 60.0
     log.close()
-    return _record("smp FPN R18", seed, metrics.as_dict(), list(val_set.classes), steps, images / spent, spent / 60,
-                   curve)  # fmt: skip
+    return _record(
+        "smp FPN R18", seed, metrics.as_dict(), list(val_set.classes), steps, images / spent, spent / 60, curve
+    )
 
 
 def print_table(rows: list[dict]) -> None:
@@ -148,8 +183,10 @@ def print_table(rows: list[dict]) -> None:
         f"{'run':<{w}}{'seed':>5}{'min':>6}{'steps':>7}{'img/s':>7}{'mIoU':>7}  " + " ".join(f"{c:>9}" for c in short)
     )
     for r in rows:
-        print(f"{r['run']:<{w}}{r['seed']:>5}{r['train_minutes']:>6.1f}{r['steps']:>7}{r['images_per_s']:>7.2f}"
-              f"{r['miou']:>7.2f}  " + " ".join(f"{r['iou'][c]:>9.2f}" for c in classes))  # fmt: skip
+        print(
+            f"{r['run']:<{w}}{r['seed']:>5}{r['train_minutes']:>6.1f}{r['steps']:>7}{r['images_per_s']:>7.2f}"
+            f"{r['miou']:>7.2f}  " + " ".join(f"{r['iou'][c]:>9.2f}" for c in classes)
+        )
     for kind in dict.fromkeys(r["run"] for r in rows):
         same = [r for r in rows if r["run"] == kind]
         mean = sum(r["miou"] for r in same) / len(same)
@@ -172,9 +209,11 @@ def print_ablation(rows: list[dict]) -> None:
     print(f"{'run':<28}{'seed':>5}{'mIoU':>7}{'delta':>7}{'small':>7}{'delta':>7}{'img/s':>7}  overrides")
     for r in [base[s] for s in sorted(base)] + changed:
         b = base[r["seed"]]
-        print(f"{r['run']:<28}{r['seed']:>5}{r['miou']:>7.2f}{r['miou'] - b['miou']:>+7.2f}"
-              f"{small_classes_mean(r):>7.2f}{small_classes_mean(r) - small_classes_mean(b):>+7.2f}"
-              f"{r['images_per_s']:>7.2f}  {' '.join(r.get('settings', []))}")  # fmt: skip
+        print(
+            f"{r['run']:<28}{r['seed']:>5}{r['miou']:>7.2f}{r['miou'] - b['miou']:>+7.2f}"
+            f"{small_classes_mean(r):>7.2f}{small_classes_mean(r) - small_classes_mean(b):>+7.2f}"
+            f"{r['images_per_s']:>7.2f}  {' '.join(r.get('settings', []))}"
+        )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -188,8 +227,15 @@ def plot(rows: list[dict], path: Path) -> None:
     for r in rows:
         if r["curve"]:
             xs, ys = zip(*r["curve"], strict=True)
-            ax.plot(xs, ys, marker="o", ms=3, color=colors.setdefault(r["run"], f"C{len(colors)}"),
-                    linestyle=("-", "--", ":", "-.")[r["seed"] % 4], label=f"{r['run']} seed {r['seed']}")  # fmt: skip
+            ax.plot(
+                xs,
+                ys,
+                marker="o",
+                ms=3,
+                color=colors.setdefault(r["run"], f"C{len(colors)}"),
+                linestyle=("-", "--", ":", "-.")[r["seed"] % 4],
+                label=f"{r['run']} seed {r['seed']}",
+            )
     ax.set_xlabel("training minutes (evaluation excluded)")
     ax.set_ylabel("CamVid val mIoU (%), 360x480")
     ax.grid(alpha=0.3)
@@ -211,9 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=float, default=5.0, help="minutes between the peer's evaluations")
     parser.add_argument("--workers", type=int, default=2, help="the peer's data-loading processes")
     parser.add_argument("--out", type=Path, default=Path("runs/camvid_budget"))
-    parser.add_argument("--fresh", action="store_true",
-                        help="retrain fcnkit runs from scratch (default: resume an interrupted run in --out, or "
-                             "reuse a finished one)")  # fmt: skip
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="retrain fcnkit runs from scratch (default: resume an interrupted run in --out, or reuse a finished one)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "summary.json"
@@ -232,9 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     print_ablation(rows)
     plot(rows, args.out / "miou_vs_minutes.png")
     print(f"wrote {summary_path} and {args.out / 'miou_vs_minutes.png'}")
-    print(f"protocol: CamVid train 367 images -> val 101 images at 360x480, void 11 ignored, {args.minutes:g} min of "
-          f"training wall-clock per run (evaluation excluded), from scratch, {platform.machine()}, "
-          f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}")  # fmt: skip
+    print(
+        f"protocol: CamVid train 367 images -> val 101 images at 360x480, void 11 ignored, {args.minutes:g} min of "
+        f"training wall-clock per run (evaluation excluded), from scratch, {platform.machine()}, "
+        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    )
     return 0
 
 

@@ -17,13 +17,13 @@ SE branches built) are printed beside the measured ratio. Only the ratio is comp
 from __future__ import annotations
 
 import argparse
-import platform
+import functools
 import statistics
-import time
 
 import torch
 
 import fcnkit
+from fcnkit.apps.benchmark import device_name, time_interleaved
 
 #: FastFCN README, ResNet-50 unless noted: frames per second of (dilated baseline, JPU model).
 PUBLISHED_FPS = {
@@ -49,38 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build(name: str, args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     return fcnkit.create_model(name, num_classes=args.num_classes, aux=args.aux).to(device).eval()
-
-
-@torch.inference_mode()
-def time_pair(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per forward pass of each model, the models taking turns on every repeat."""
-    for model in models.values():
-        for _ in range(warmup):
-            model(x)
-    sync(x.device)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            sync(x.device)
-            start = time.perf_counter()
-            model(x)
-            sync(x.device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     for head in args.heads:
         names = {kind: f"{head}_resnet{args.depth}_{kind}" for kind in ("jpu", "d8")}
         models = {names[kind]: build(names[kind], args, device) for kind in ("d8", "jpu")}
-        times = time_pair(models, x, args.warmup, args.repeats)
-        del models
+        with torch.inference_mode():
+            runs = {name: functools.partial(model, x) for name, model in models.items()}
+            times = time_interleaved(runs, device, args.warmup, args.repeats)
+        del models, runs
         if device.type == "cuda":
             torch.cuda.empty_cache()
         ms = {n: (1000 * statistics.median(t) / args.batch, 1000 * min(t) / args.batch) for n, t in times.items()}
@@ -127,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.warmup} warm-up and {args.repeats} timed passes per model (models alternating), "
         f"median (and min) of the timed passes, whole forward incl. final resize"
         f"{', cuda synchronize around each pass' if device.type == 'cuda' else ''}; "
-        f"device {device_name(device)}; torch {torch.__version__}"
+        f"device {device.type} ({device_name(device)}), {torch.get_num_threads()} threads; torch {torch.__version__}"
     )
     print("FastFCN paper: Pascal Context, 512x512, batch 1, GPU, aux and SE branches built, no device sync.")
     return 0

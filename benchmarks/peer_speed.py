@@ -22,6 +22,7 @@ is given as a share of it.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -31,10 +32,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import fcnkit
+from fcnkit.apps.benchmark import count_flops, time_interleaved, timed
 from fcnkit.inference import optimize_for_inference
+from fcnkit.utils import compare_logits
 
 #: Exact paths (fp32; logits within float rounding of the peer's).
 EXACT_PATHS = ("eager", "fold_bn", "fold_bn+channels_last", "onnxruntime", "compile")
@@ -50,30 +54,9 @@ def matmul_peak(device: torch.device, sizes: tuple[int, ...] = (2048, 4096), rep
         a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
         a @ b
         for _ in range(repeats):
-            seconds = _timed(lambda a=a, b=b: a @ b, device)
+            seconds = timed(lambda a=a, b=b: a @ b, device)
             best = max(best, 2 * n**3 / seconds / 1e9)
     return best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
-    start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
-
-
-def count_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        model(x)
-    return counter.get_total_flops() / 1e9
 
 
 def randomise_bn(model: torch.nn.Module) -> None:
@@ -136,7 +119,8 @@ def run_case(case: str, paths: list[str], args: argparse.Namespace, device: torc
     peer, ours, peer_name = peer_and_fcnkit(kind)
     peer, ours = peer.to(device), ours.to(device)
     x = torch.randn(1, 3, h, w, device=device)
-    gflops = count_gflops(peer, x)
+    with torch.inference_mode():
+        gflops = count_flops(peer, [x]) / 1e9
     runners: dict[str, Callable] = {"peer": peer if kind == "resnet" else (lambda t, net=peer: {"out": net(t)})}
     with torch.inference_mode():
         reference = runners["peer"](x)["out"].float()
@@ -152,25 +136,24 @@ def run_case(case: str, paths: list[str], args: argparse.Namespace, device: torc
             prepare = time.perf_counter() - start
             with torch.inference_mode():
                 out = fn(x)["out"].float()
-            diff = float((out - reference).abs().max())
-            agree = float((out.argmax(1) == reference.argmax(1)).float().mean())
-            checks[path] = f"max|diff| {diff:.1e}, argmax {agree:.4%}, prepared in {prepare:.0f} s"
+            parity = compare_logits(reference, out)
+            checks[path] = (
+                f"max|diff| {parity.max_abs_diff:.1e}, argmax {parity.argmax_agreement:.4%}, prepared in {prepare:.0f} s"
+            )
             runners[path] = fn
-        times: dict[str, list[float]] = {name: [] for name in runners}
         with torch.inference_mode():
-            for fn in runners.values():
-                for _ in range(args.warmup):
-                    fn(x)
-            for _ in range(args.rounds):
-                for name, fn in runners.items():
-                    times[name].append(_timed(lambda fn=fn: fn(x), device) * 1000)
+            runs = {name: functools.partial(fn, x) for name, fn in runners.items()}
+            seconds = time_interleaved(runs, device, args.warmup, args.rounds)
+        times = {name: [1000 * s for s in values] for name, values in seconds.items()}
     label = f"{kind} {h}x{w}"
     for name, ms in times.items():
-        med, p90 = statistics.median(ms), sorted(ms)[int(0.9 * (len(ms) - 1))]
+        med, p90 = statistics.median(ms), float(np.percentile(ms, 90))
         ratio = statistics.median(p / m for p, m in zip(times["peer"], ms, strict=True))
         shown = f"peer: {peer_name}" if name == "peer" else f"fcnkit {name}"
-        print(f"{label:<16}{shown:<28}{med:>10.1f}{p90:>9.1f}{gflops / med * 1e3:>9.1f}"
-              f"{gflops / med * 1e3 / peak:>8.0%}{ratio:>8.2f}x  {checks.get(name, '')}")  # fmt: skip
+        print(
+            f"{label:<16}{shown:<28}{med:>10.1f}{p90:>9.1f}{gflops / med * 1e3:>9.1f}"
+            f"{gflops / med * 1e3 / peak:>8.0%}{ratio:>8.2f}x  {checks.get(name, '')}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for case in args.cases:
         run_case(case, args.paths, args, device, peak)
-    print(f"\nprotocol: batch 1, fp32 input, random weights shared by peer and fcnkit, eval + inference_mode, "
-          f"{args.warmup} warm-up forwards per runner, then {args.rounds} interleaved rounds (median, p90; 'vs peer' "
-          f"= median of per-round peer/path ratios), GFLOPs counted with FlopCounterMode on the peer "
-          f"({platform.machine()}, {device.type}, {torch.get_num_threads()} CPU threads, torch {torch.__version__})")  # fmt: skip
+    print(
+        f"\nprotocol: batch 1, fp32 input, random weights shared by peer and fcnkit, eval + inference_mode, "
+        f"{args.warmup} warm-up forwards per runner, then {args.rounds} interleaved rounds (median, p90; 'vs peer' "
+        f"= median of per-round peer/path ratios), GFLOPs counted with FlopCounterMode on the peer "
+        f"({platform.machine()}, {device.type}, {torch.get_num_threads()} CPU threads, torch {torch.__version__})"
+    )
     return 0
 
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import torch
 
 import fcnkit
+from fcnkit.apps.benchmark import time_interleaved
 from fcnkit.engine.optim import build_optimizer
 from fcnkit.losses import SegmentationLoss
 
@@ -35,8 +35,9 @@ SETTINGS = ("fp32", "channels_last", "bf16", "channels_last+bf16", "compile", "c
 
 def make_step(name: str, settings: str, args: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
-    model = fcnkit.create_model(name, num_classes=args.num_classes, **({"backbone": args.backbone}
-                                                                       if args.backbone else {}))  # fmt: skip
+    model = fcnkit.create_model(
+        name, num_classes=args.num_classes, **({"backbone": args.backbone} if args.backbone else {})
+    )
     model.to(device).train()
     channels_last = "channels_last" in settings
     if channels_last:
@@ -64,16 +65,6 @@ def make_step(name: str, settings: str, args: argparse.Namespace, device: torch.
     return step
 
 
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["fcn_resnet18_d8", "fcn8s_timm"])
@@ -94,22 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for name in args.models:
         steps = {s: make_step(name, s, args, device) for s in args.settings}
-        for step in steps.values():
-            for _ in range(args.warmup):
-                step()
-        times: dict[str, list[float]] = {s: [] for s in steps}
-        for _ in range(args.rounds):
-            for s, step in steps.items():
-                times[s].append(timed(step, device))
+        times = time_interleaved(steps, device, args.warmup, args.rounds)
         base = args.settings[0]
         for s, ts in times.items():
             med = statistics.median(ts)
             ratio = statistics.median(b / t for b, t in zip(times[base], ts, strict=True))
             print(f"{name:<20}{s:<24}{med * 1000:>9.1f}{args.batch / med:>10.1f}{ratio:>8.2f}x")
-    print(f"\nprotocol: one training step = forward, loss, backward, SGD step, zero_grad; batch {args.batch} of "
-          f"{args.size[0]}x{args.size[1]}, {args.num_classes} classes, {args.warmup} warm-up steps per setting, "
-          f"{args.rounds} interleaved rounds (median; ratio = median per-round ratio against {args.settings[0]}); "
-          f"{platform.machine()}, {device.type}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")  # fmt: skip
+    print(
+        f"\nprotocol: one training step = forward, loss, backward, SGD step, zero_grad; batch {args.batch} of "
+        f"{args.size[0]}x{args.size[1]}, {args.num_classes} classes, {args.warmup} warm-up steps per setting, "
+        f"{args.rounds} interleaved rounds (median; ratio = median per-round ratio against {args.settings[0]}); "
+        f"{platform.machine()}, {device.type}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    )
     return 0
 
 

@@ -10,8 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
-_CFG = [("conv1", 3, 64, 2), ("conv2", 64, 128, 2), ("conv3", 128, 256, 3), ("conv4", 256, 512, 3),
-        ("conv5", 512, 512, 3)]  # fmt: skip
+_CFG = [
+    ("conv1", 3, 64, 2),
+    ("conv2", 64, 128, 2),
+    ("conv3", 128, 256, 3),
+    ("conv4", 256, 512, 3),
+    ("conv5", 512, 512, 3),
+]
 
 
 def upsampling_weight(channels: int, k: int) -> torch.Tensor:

@@ -11,8 +11,9 @@ CLASSES = ["background", "box", "disc"]
 COLORS = [[0, 0, 0], [200, 40, 40], [40, 40, 200]]
 
 
-def make_folder_dataset(root: Path, n_train: int = 12, n_val: int = 4, size: tuple[int, int] = (40, 48),
-                        seed: int = 0) -> Path:  # fmt: skip
+def make_folder_dataset(
+    root: Path, n_train: int = 12, n_val: int = 4, size: tuple[int, int] = (40, 48), seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     h, w = size
     for split, n in (("train", n_train), ("val", n_val)):

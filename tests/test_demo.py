@@ -56,6 +56,7 @@ def _miou_from_files(pred_dir, mask_dir, num_classes):
     return float(np.mean(tp[union > 0] / union[union > 0]))
 
 
+@pytest.mark.slow
 def test_demo_writes_every_file_and_reports_the_test_miou(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--epochs", "1", "--train-images", "16", "--min-miou", "0"])

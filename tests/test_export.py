@@ -64,6 +64,7 @@ def resnet(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["vgg", "resnet"])
+@pytest.mark.slow
 def test_parity_at_export_size_and_odd_size(name, request):
     _, _, report = request.getfixturevalue(name)
     assert [c.size for c in report.checks] == ([(64, 80), (45, 131)] if name == "vgg" else [(48, 64), (37, 91)])
@@ -187,6 +188,7 @@ def test_missing_optional_dependency_says_what_to_install():
         require_onnx("onnxruntime_that_does_not_exist")
 
 
+@pytest.mark.slow
 def test_cli_exports_a_checkpoint(resnet, tmp_path, capsys):
     model, _, _ = resnet
     ckpt = fcnkit.save_checkpoint(tmp_path / "best.pth", model)

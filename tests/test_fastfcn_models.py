@@ -64,6 +64,7 @@ def test_all_variants_registered_and_described():
 
 
 @pytest.mark.parametrize("name", R50)
+@pytest.mark.slow
 def test_resnet50_variants_forward_backward(name):
     """Real forward + backward in train mode (batch 2: image-pooling BN needs it), eval with batch 1."""
     torch.manual_seed(0)
@@ -142,8 +143,11 @@ def test_jpu_matches_functional_recomputation():
     """Concat order (c4, c3, c2), align_corners=True resize, dilations 1/2/4/8, norm and ReLU placement."""
     jpu = randomize_(JPU((6, 10, 12), width=4), seed=3).eval()
     g = torch.Generator().manual_seed(0)
-    feats = {"layer2": torch.randn(2, 6, 9, 11, generator=g), "layer3": torch.randn(2, 10, 5, 6, generator=g),
-             "layer4": torch.randn(2, 12, 3, 3, generator=g)}  # fmt: skip
+    feats = {
+        "layer2": torch.randn(2, 6, 9, 11, generator=g),
+        "layer3": torch.randn(2, 10, 5, 6, generator=g),
+        "layer4": torch.randn(2, 12, 3, 3, generator=g),
+    }
     out = jpu(feats)
     assert set(out) == {"jpu"} and out["jpu"].shape == (2, 16, 9, 11)
 
@@ -153,8 +157,9 @@ def test_jpu_matches_functional_recomputation():
     def up(x):
         return F.interpolate(x, size=(9, 11), mode="bilinear", align_corners=True)
 
-    joint = torch.cat([up(cbr(feats["layer4"], jpu.conv5)), up(cbr(feats["layer3"], jpu.conv4)),
-                       cbr(feats["layer2"], jpu.conv3)], 1)  # fmt: skip
+    joint = torch.cat(
+        [up(cbr(feats["layer4"], jpu.conv5)), up(cbr(feats["layer3"], jpu.conv4)), cbr(feats["layer2"], jpu.conv3)], 1
+    )
     branches = []
     for i, d in enumerate((1, 2, 4, 8), start=1):
         sep, bn = getattr(jpu, f"dilation{i}")[0], getattr(jpu, f"dilation{i}")[1]
@@ -189,8 +194,10 @@ def _reference_encoding(x, codewords, scale):
         for i in range(h_):
             for j in range(w_):
                 xi = x[b, :, i, j].double()
-                logits = [float(scale[k]) * sum((float(xi[d]) - float(codewords[k, d])) ** 2 for d in range(d_))
-                          for k in range(k_)]  # fmt: skip
+                logits = [
+                    float(scale[k]) * sum((float(xi[d]) - float(codewords[k, d])) ** 2 for d in range(d_))
+                    for k in range(k_)
+                ]
                 top = max(logits)
                 weights = [math.exp(v - top) for v in logits]
                 total = sum(weights)
@@ -310,7 +317,10 @@ def test_deep_stem_backbone():
     assert set(plain.state_dict()) == tv_keys
     convs = [m for m in deep.conv1 if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
-        (3, 64, (3, 3), (2, 2)), (64, 64, (3, 3), (1, 1)), (64, 128, (3, 3), (1, 1))]  # fmt: skip
+        (3, 64, (3, 3), (2, 2)),
+        (64, 64, (3, 3), (1, 1)),
+        (64, 128, (3, 3), (1, 1)),
+    ]
     assert deep.bn1.num_features == 128 and deep.layer1[0].conv1.in_channels == 128
     assert deep.layer1[0].downsample[0].in_channels == 128
     small = ResNetBackbone(18, 32, deep_stem=True).eval()  # BasicBlock: the shortcut exists only for the stem
@@ -319,7 +329,8 @@ def test_deep_stem_backbone():
     ref = ResNetBackbone(18, 32).eval()(torch.randn(1, 3, 65, 97))
     assert {k: v.shape for k, v in feats.items()} == {k: v.shape for k, v in ref.items()}
     assert [(i.name, i.channels, i.stride) for i in small.feature_info] == [
-        (i.name, i.channels, i.stride) for i in ResNetBackbone(18, 32).feature_info]  # fmt: skip
+        (i.name, i.channels, i.stride) for i in ResNetBackbone(18, 32).feature_info
+    ]
     model = meta_model("enc_resnet50_jpu", deep_stem=True)
     assert isinstance(model.backbone.conv1, torch.nn.Sequential)
 

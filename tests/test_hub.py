@@ -127,8 +127,11 @@ def test_download_checksum_mismatch_leaves_nothing(source, kind):
     wrong_sha = hashlib.sha256(b"not the file").hexdigest()
     wrong_md5 = hashlib.md5(b"not the file").hexdigest()
     assert not _sha256(source).startswith(wrong_sha[:8])
-    checksum = {"sha256_full": f"sha256:{wrong_sha}", "sha256_prefix": f"sha256:{wrong_sha[:8]}",
-                "md5": f"md5:{wrong_md5}"}[kind]  # fmt: skip
+    checksum = {
+        "sha256_full": f"sha256:{wrong_sha}",
+        "sha256_prefix": f"sha256:{wrong_sha[:8]}",
+        "md5": f"md5:{wrong_md5}",
+    }[kind]
     with pytest.raises(ChecksumError):
         download(source.as_uri(), checksum, "tiny.pth")
     assert not (cache_dir() / "tiny.pth").exists()

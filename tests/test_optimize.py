@@ -108,6 +108,7 @@ def test_a_broken_optimisation_is_refused(monkeypatch):
     assert predictor.model is not None and any(isinstance(m, nn.BatchNorm2d) for m in predictor.model.modules())
 
 
+@pytest.mark.slow
 def test_onnxruntime_backend_keeps_predictions_and_the_contract(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -134,6 +135,7 @@ def test_onnxruntime_backend_keeps_predictions_and_the_contract(tmp_path):
         optimize_for_inference(model, backend="tensorrt")
 
 
+@pytest.mark.slow
 def test_predictor_runs_an_onnx_runtime_model(tmp_path):
     """A parameter-less model (ONNX Runtime) is used as it is: nothing to fold, no check."""
     pytest.importorskip("onnxruntime")

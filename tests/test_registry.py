@@ -10,26 +10,90 @@ ALL_MODELS = fcnkit.list_models()
 
 
 def test_registry_lists_the_families():
-    for name in ["fcn32s_vgg16", "fcn16s_vgg16", "fcn8s_vgg16", "fcn8s_atonce_vgg16", "fcn_resnet50_d8",
-                 "fcn_resnet101_d8", "fcn_resnet18_d16", "fcn8s_timm", "fcn_timm"]:  # fmt: skip
+    for name in [
+        "fcn32s_vgg16",
+        "fcn16s_vgg16",
+        "fcn8s_vgg16",
+        "fcn8s_atonce_vgg16",
+        "fcn_resnet50_d8",
+        "fcn_resnet101_d8",
+        "fcn_resnet18_d16",
+        "fcn8s_timm",
+        "fcn_timm",
+    ]:
         assert name in ALL_MODELS
     assert fcnkit.list_models("*vgg16") == ["fcn16s_vgg16", "fcn32s_vgg16", "fcn8s_atonce_vgg16", "fcn8s_vgg16"]
 
 
+def _expected_keys(name: str) -> set[str]:
+    # EncNet adds its SE-loss logits: one score per class and image
+    return {"out", "se"} if name.startswith("enc_") else {"out"}
+
+
 @pytest.mark.parametrize("name", ALL_MODELS)
+def test_output_contract_on_meta(name):
+    """Every registered model, built on the ``meta`` device (shapes only, no memory, no arithmetic): logits at
+    the input resolution for an odd, non-square input in train and eval mode, and a backward pass that gives
+    every trainable score-layer parameter a gradient of its own shape. The numbers are checked for real on one
+    model per family in ``test_output_contract_forward_backward`` and in each family's own tests."""
+    with torch.device("meta"):
+        model = fcnkit.create_model(name, num_classes=3)
+        assert isinstance(model, Segmenter) and model.num_classes == 3
+        model.train()
+        out = model(torch.randn(2, 3, 35, 47))
+        assert set(out) == _expected_keys(name)
+        assert out["out"].shape == (2, 3, 35, 47) and out["out"].dtype == torch.float32
+        if "se" in out:
+            assert out["se"].shape == (2, 3)
+        sum(v.sum() for v in out.values()).backward()
+        trainable = [p for p in model.classifier.parameters() if p.requires_grad]
+        assert trainable and all(p.grad is not None and p.grad.shape == p.shape for p in trainable)
+        model.eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 35, 47))["out"].shape == (1, 3, 35, 47)
+
+
+#: One model per family (head x backbone kind), run for real.
+FAMILY_REPRESENTATIVES = [
+    "fcn8s_vgg16",
+    "fcn8s_atonce_vgg16",
+    "fcn_resnet18_d8",
+    "fcn_resnet18_d16",
+    "fcn8s_timm",
+    "fcn_timm",
+    "enc_resnet50_jpu",
+    "psp_resnet50_jpux",
+    "deeplabv3_resnet50_d8",
+]
+
+
+def test_representatives_cover_every_family():
+    from fcnkit.models import describe_model
+
+    assert {describe_model(n) for n in FAMILY_REPRESENTATIVES} >= {describe_model(n) for n in ALL_MODELS} - {
+        describe_model(n) for n in ALL_MODELS if n.startswith(("enc_", "psp_", "deeplabv3_"))
+    }
+    assert {n.split("_")[0] for n in FAMILY_REPRESENTATIVES} >= {"enc", "psp", "deeplabv3"}
+    assert {n.rsplit("_", 1)[1] for n in FAMILY_REPRESENTATIVES if n.startswith(("enc", "psp", "deeplab"))} == {
+        "jpu",
+        "jpux",
+        "d8",
+    }
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if "vgg16" in n else n for n in FAMILY_REPRESENTATIVES]
+)
 def test_output_contract_forward_backward(name):
     """Logits at input resolution for an odd, non-square tiny input; gradients reach the score layer."""
     torch.manual_seed(0)
     model = fcnkit.create_model(name, num_classes=3)
-    assert isinstance(model, Segmenter) and model.num_classes == 3
     model.train()
     x = torch.randn(2, 3, 35, 47)
     out = model(x)
-    # EncNet adds its SE-loss logits: one score per class and image
-    assert set(out) == ({"out", "se"} if name.startswith("enc_") else {"out"})
-    if "se" in out:
-        assert out["se"].shape == (2, 3)
+    assert set(out) == _expected_keys(name)
     assert out["out"].shape == (2, 3, 35, 47) and out["out"].dtype == torch.float32
+    assert torch.isfinite(out["out"]).all()
     target = torch.randint(0, 3, (2, 35, 47))
     loss = torch.nn.functional.cross_entropy(out["out"], target)
     if "se" in out:  # the SE branch is trained only through its own loss

@@ -14,6 +14,7 @@ TV = {"fcn_resnet50_d8": fcn_resnet50, "fcn_resnet101_d8": fcn_resnet101}
 @pytest.mark.parametrize("name", list(TV))
 @pytest.mark.parametrize("aux", [True, False])
 @torch.no_grad()
+@pytest.mark.slow
 def test_torchvision_state_dict_gives_same_logits(name, aux, tmp_path):
     tv = randomize_(TV[name](weights=None, weights_backbone=None, num_classes=21, aux_loss=aux), seed=1).eval()
     ours = fcnkit.create_model(name, num_classes=21, aux=aux)
@@ -44,6 +45,7 @@ def test_published_param_count_and_aux_dropped_when_not_asked(tmp_path):
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
+@pytest.mark.slow
 def test_imagenet_backbone_import_and_strides(depth, tmp_path):
     tv = getattr(torchvision.models, f"resnet{depth}")(weights=None)
     path = tmp_path / f"resnet{depth}.pth"

@@ -5,6 +5,7 @@ import timm
 import torch
 
 import fcnkit
+from fcnkit.errors import UnknownNameError
 
 
 @pytest.mark.parametrize("head", ["fcn32s", "fcn16s", "fcn8s", "fcn"])
@@ -34,7 +35,7 @@ def test_timm_backbone_channels_come_from_timm():
 
 
 def test_timm_typo_suggests():
-    with pytest.raises(ValueError, match=r"Did you mean: .*resnet18"):
+    with pytest.raises(UnknownNameError, match=r"Unknown timm backbone 'resnet18x'\. Did you mean: resnet18,"):
         fcnkit.create_model("fcn8s_timm", backbone="resnet18x")
 
 

@@ -27,15 +27,21 @@ def vgg_models():
 # Parameter counts of the reference FCNs for 21 classes (frozen deconvolutions included).
 @pytest.mark.parametrize(
     "name,count",
-    [("fcn32s_vgg16", 136_152_917), ("fcn16s_vgg16", 134_815_994), ("fcn8s_vgg16", 134_489_759),
-     ("fcn8s_atonce_vgg16", 134_489_759)],
-)  # fmt: skip
+    [
+        ("fcn32s_vgg16", 136_152_917),
+        ("fcn16s_vgg16", 134_815_994),
+        ("fcn8s_vgg16", 134_489_759),
+        ("fcn8s_atonce_vgg16", 134_489_759),
+    ],
+)
+@pytest.mark.slow
 def test_parameter_counts(vgg_models, name, count):
     assert sum(p.numel() for p in vgg_models[name].parameters()) == count
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 7), (17, 31), (32, 32), (33, 65), (64, 48), (375, 500)])
 @torch.no_grad()
+@pytest.mark.slow
 def test_output_is_exactly_input_size(vgg_models, size):
     x = torch.randn(1, 3, *size)
     for name, model in vgg_models.items():
@@ -45,6 +51,7 @@ def test_output_is_exactly_input_size(vgg_models, size):
 
 @pytest.mark.parametrize("name", list(VGG_FCNS))
 @torch.no_grad()
+@pytest.mark.slow
 def test_logits_equal_torchfcn_layout(vgg_models, name):
     """A torchfcn-layout state dict (incl. the `model_state_dict` checkpoint form) gives the same logits."""
     ref = randomize_(TorchfcnFCN(21, VGG_FCNS[name]), seed=2).eval()
@@ -60,6 +67,7 @@ def test_logits_equal_torchfcn_layout(vgg_models, name):
     assert set(fcnkit_to_torchfcn(ours.state_dict())) == set(ref.state_dict())
 
 
+@pytest.mark.slow
 def test_torchfcn_checkpoint_file_loads_via_weights(tmp_path):
     ref = randomize_(TorchfcnFCN(5, "16s"), seed=3).eval()
     path = tmp_path / "model_best.pth.tar"
@@ -106,6 +114,7 @@ def test_bilinear_resize_matches_deconv_geometry(factor):
 
 
 @pytest.mark.parametrize("upsample", ["bilinear", "nearest_conv"])
+@pytest.mark.slow
 def test_alternative_upsamplers_keep_geometry(upsample):
     model = randomize_(fcnkit.create_model("fcn8s_vgg16", num_classes=4, upsample=upsample)).eval()
     with torch.no_grad():
@@ -119,6 +128,7 @@ def test_alternative_upsamplers_keep_geometry(upsample):
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_atonce_scales_pool_taps_before_scoring():
     """At-once = FCN-8s whose score_pool4/score_pool3 see pool4 x 0.01 and pool3 x 0.0001 (linearity check)."""
     atonce = randomize_(fcnkit.create_model("fcn8s_atonce_vgg16", num_classes=3), seed=4).eval()
@@ -130,6 +140,7 @@ def test_atonce_scales_pool_taps_before_scoring():
     assert torch.allclose(atonce(x)["out"], plain(x)["out"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_vgg16_imagenet_import_reshapes_classifier(tmp_path):
     tv = torchvision.models.vgg16(weights=None)
     path = tmp_path / "vgg16-imagenet.pth"
@@ -146,6 +157,7 @@ def test_vgg16_imagenet_import_reshapes_classifier(tmp_path):
     assert torch.allclose(bb.fc6(feats).flatten(), tv.classifier[0](feats.flatten(1)).flatten(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_vgg16_bn_import(tmp_path):
     tv = randomize_(torchvision.models.vgg16_bn(weights=None))
     path = tmp_path / "vgg16_bn.pth"
@@ -164,6 +176,7 @@ def test_caffe_vgg16_file_keeps_caffe_preprocessing(tmp_path):
     assert model.preprocessing == fcnkit.CAFFE_BGR
 
 
+@pytest.mark.slow
 def test_staged_init_copies_same_named_layers(tmp_path):
     fcn32 = randomize_(fcnkit.create_model("fcn32s_vgg16", num_classes=21), seed=5)
     fcn32.preprocessing = fcnkit.CAFFE_BGR
@@ -202,6 +215,7 @@ def _misaligned_sizes(models, sizes):
     return bad
 
 
+@pytest.mark.slow
 def test_fixed_crops_fit_every_size_up_to_768():
     sizes = [(s, s) for s in range(1, 769)] + [(s, 2 * s + 1) for s in range(1, 200)]
     assert _misaligned_sizes(_meta_vgg_fcns(), sizes) == []

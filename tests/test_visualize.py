@@ -173,10 +173,16 @@ def _write_log(path: Path, with_val: bool = True) -> Path:
     lines = []
     for step in range(10, 210, 10):
         lines.append(
-            {"step": step, "epoch": step // 100 + 1, "lr": 0.01 * (1 - step / 200) ** 0.9,
-             "loss_total": 2.0 * math.exp(-step / 80) + 0.5, "loss_main": 1.6 * math.exp(-step / 80) + 0.4,
-             "loss_aux": 0.4 * math.exp(-step / 80) + 0.1, "images_per_s": 12.5}
-        )  # fmt: skip
+            {
+                "step": step,
+                "epoch": step // 100 + 1,
+                "lr": 0.01 * (1 - step / 200) ** 0.9,
+                "loss_total": 2.0 * math.exp(-step / 80) + 0.5,
+                "loss_main": 1.6 * math.exp(-step / 80) + 0.4,
+                "loss_aux": 0.4 * math.exp(-step / 80) + 0.1,
+                "images_per_s": 12.5,
+            }
+        )
         if with_val and step % 100 == 0:
             val = {"miou": 0.2 + step / 1000, "pixel_acc": 0.8, "mean_acc": 0.5, "fwiou": 0.6}
             lines.append({"step": step, "epoch": step // 100, "val": {**val, "iou": [0.5, float("nan"), 0.1]}})

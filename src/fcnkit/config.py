@@ -5,6 +5,9 @@
   key, except ``options`` mappings, which replace the base's as a whole.
 * ``key.sub=value`` overrides are parsed with YAML and checked against the field's type.
 * Unknown keys are errors that name the key and suggest the closest valid one.
+* A field with a fixed set of values is annotated ``Literal[...]`` (the aliases below); the loader refuses any
+  other value, naming the key and the allowed values. The modules that implement a choice (losses, optimisers,
+  schedules) read the same aliases with :func:`choices`, so each list is written once, here.
 * Every run directory holds the fully resolved config (``config.yaml``).
 """
 
@@ -16,12 +19,30 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import ConfigError
 from .registry import close_matches
+
+#: ``loss.reduction``: the mean over valid pixels, or their sum (the original FCN recipes)
+Reduction = Literal["mean", "sum"]
+#: ``optim.name``
+OptimizerName = Literal["sgd", "adamw"]
+#: ``schedule.name``
+ScheduleName = Literal["constant", "poly", "cosine", "step"]
+#: ``amp``: mixed precision (fp16 only on CUDA, with a gradient scaler)
+AmpMode = Literal["none", "bf16", "fp16"]
+#: ``test.mode``
+InferenceMode = Literal["whole", "slide"]
+#: ``data.on_error``: what a training sample that cannot be read does
+OnError = Literal["raise", "skip"]
+
+
+def choices(alias: Any) -> tuple[Any, ...]:
+    """The values a ``Literal`` alias allows, in order: ``choices(Reduction) == ("mean", "sum")``."""
+    return typing.get_args(alias)
 
 
 @dataclass
@@ -57,15 +78,18 @@ class DataConfig:
     batch_size: int = 8
     val_batch_size: int = 1
     workers: int = 2
+    #: a training sample that cannot be read (corrupt image, missing or bad label): "raise" stops training with
+    #: the file's name; "skip" leaves it out of its batch, warns once per file and records it in metrics.jsonl
+    on_error: OnError = "raise"
 
 
 @dataclass
 class LossConfig:
     #: "mean" over valid pixels, or "sum" over pixels as in the original FCN recipes. The two differ by a
     #: factor of about H*W*batch in gradient size: the summed recipes use lr around 1e-10. Change both together.
-    reduction: str = "mean"
+    reduction: Reduction = "mean"
     #: a list of per-class weights, "median_frequency" (computed from the training labels), or null
-    class_weights: list[float] | str | None = None
+    class_weights: list[float] | Literal["median_frequency"] | None = None
     aux_weight: float = 0.0
     #: EncNet's semantic-encoding loss (BCE on which classes occur in the image); FastFCN uses 0.2
     se_weight: float = 0.0
@@ -76,7 +100,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
+    name: OptimizerName = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -92,8 +116,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    #: constant | poly | cosine | step
-    name: str = "poly"
+    name: ScheduleName = "poly"
     #: length of training: epochs, or iterations (optimizer steps) when set
     epochs: int = 30
     iterations: int | None = None
@@ -119,8 +142,7 @@ class InferenceConfig:
     ``stride`` pixels and averages the logits where windows overlap.
     """
 
-    #: whole | slide
-    mode: str = "whole"
+    mode: InferenceMode = "whole"
     #: slide window [h, w] (or [size]) and step [h, w]; the step defaults to 2/3 of the window, as FastFCN's
     crop_size: list[int] | None = None
     stride: list[int] | None = None
@@ -151,8 +173,8 @@ class TrainConfig:
     #: bitwise-reproducible CPU runs (torch.use_deterministic_algorithms)
     deterministic: bool = False
     device: str = "auto"
-    #: none | bf16 | fp16 (fp16 only on CUDA, with a gradient scaler)
-    amp: str = "none"
+    #: fp16 only on CUDA, with a gradient scaler
+    amp: AmpMode = "none"
     accumulate: int = 1
     clip_grad_norm: float | None = None
     ema_decay: float | None = None
@@ -174,15 +196,31 @@ class TrainConfig:
     tensorboard: bool = False
     #: resume from output_dir/last.pth when it exists
     resume: bool = True
-    #: stop after this many optimizer steps in this invocation (tests, smoke runs); null = no limit
+    #: stop (keeping the run resumable) once the run has made this many optimizer steps (tests, smoke runs);
+    #: null = no limit
     max_steps: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _describe(tp: Any) -> str:
+    """An annotation in words, for error messages: ``list[float] | None`` -> "a list of float or null"."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(arg) for arg in typing.get_args(tp)]
+        return ", ".join(parts[:-1]) + " or " + parts[-1] if len(parts) > 1 else parts[0]
+    if origin is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_describe(item).removeprefix('a ').removeprefix('an ')}"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -199,8 +237,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
+        raise ConfigError(f"{key}: {value!r} is not {_describe(tp)}")
     if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        # the type check keeps True from passing for 1 (True == 1) and 1 for "1"
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -308,15 +352,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
 
 
 def validate(cfg: TrainConfig) -> None:
-    choices = {
-        "loss.reduction": (cfg.loss.reduction, ("mean", "sum")),
-        "optim.name": (cfg.optim.name, ("sgd", "adamw")),
-        "schedule.name": (cfg.schedule.name, ("constant", "poly", "cosine", "step")),
-        "amp": (cfg.amp, ("none", "bf16", "fp16")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    """What the field types cannot say (the ``Literal`` choices were checked while loading)."""
     if cfg.accumulate < 1 or cfg.data.batch_size < 1:
         raise ConfigError("accumulate and data.batch_size must be at least 1")
     if cfg.data.crop_size is not None and len(cfg.data.crop_size) not in (1, 2):
@@ -325,13 +361,11 @@ def validate(cfg: TrainConfig) -> None:
     budget = cfg.schedule.budget_minutes
     if budget is not None and not budget > 0:
         raise ConfigError(f"schedule.budget_minutes must be > 0 (or null), got {budget}")
-    if isinstance(cfg.loss.class_weights, str) and cfg.loss.class_weights != "median_frequency":
-        raise ConfigError(f"loss.class_weights: a list, 'median_frequency' or null; got {cfg.loss.class_weights!r}")
 
 
 def validate_inference(cfg: InferenceConfig, prefix: str = "") -> None:
-    if cfg.mode not in ("whole", "slide"):
-        raise ConfigError(f"{prefix}mode must be 'whole' or 'slide'; got {cfg.mode!r}")
+    if cfg.mode not in choices(InferenceMode):  # an InferenceConfig built in code skips the loader's check
+        raise ConfigError(f"{prefix}mode must be one of {', '.join(choices(InferenceMode))}; got {cfg.mode!r}")
     if cfg.mode == "slide" and not cfg.crop_size:
         raise ConfigError(f"{prefix}mode 'slide' needs {prefix}crop_size")
     for key in ("crop_size", "stride"):
@@ -346,7 +380,7 @@ def validate_inference(cfg: InferenceConfig, prefix: str = "") -> None:
 
 def inference_config(data: dict[str, Any]) -> InferenceConfig:
     """A validated ``InferenceConfig`` from the keys of a recipe's ``test:`` section."""
-    cfg = _build(InferenceConfig, data, "test.")
+    cfg = _build(InferenceConfig, data, "test")
     validate_inference(cfg, "test.")
     return cfg
 

@@ -147,17 +147,24 @@ def load_file(path: str | os.PathLike[str]) -> Any:
     except FileNotFoundError:
         raise MissingFileError(f"{path}: no such file") from None
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path} is not a PyTorch file (unpickling failed: {e})") from None
+        # weights_only refuses every GLOBAL it does not know (a function or class to call on loading); other
+        # unpickling failures (an unknown opcode, a cut-off stream) mean the file is damaged or not a pickle.
         found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
+        if found is None:
+            detail = next((line for line in str(e).splitlines()[1:] if line.strip() and "issue" not in line), "")
+            raise CheckpointError(f"{path} is truncated or not a PyTorch file ({detail.strip() or e})") from None
         raise CheckpointError(
-            f"refused to load {path}: it holds pickled code objects{what}, which would run on loading. fcnkit "
-            "only reads tensors and plain containers; if you trust the file, load it with "
+            f"refused to load {path}: it holds pickled code objects ({found.group(1)}), which would run on loading. "
+            "fcnkit only reads tensors and plain containers; if you trust the file, load it with "
             "torch.load(weights_only=False) yourself and save its state dict."
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
         # torch reports a cut-off zip as RuntimeError (PytorchStreamReader), an empty file as EOFError and a
         # non-torch file as a bare KeyError or ValueError from the unpickler.
-        detail = str(e).split(". ")[0] or type(e).__name__
+        if isinstance(e, EOFError):
+            detail = "the file ends before its first record"
+        elif isinstance(e, KeyError):  # the unpickler met a byte that is no opcode
+            detail = "neither a zip archive nor a pickle"
+        else:
+            detail = str(e).split(". ")[0] or type(e).__name__
         raise CheckpointError(f"{path} is truncated or not a PyTorch file ({detail})") from None

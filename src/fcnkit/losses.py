@@ -11,14 +11,19 @@ reduction and the lr together.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SegmentationLoss", "class_presence", "median_frequency_weights"]
+from .config import LossConfig, Reduction, choices
+
+__all__ = ["REDUCTIONS", "SegmentationLoss", "class_presence", "median_frequency_weights"]
+
+#: the values of ``reduction`` (one list, :data:`fcnkit.config.Reduction`)
+REDUCTIONS: tuple[str, ...] = choices(Reduction)
 
 
 def class_presence(target: Tensor, num_classes: int, ignore_index: int = 255) -> Tensor:
@@ -66,7 +71,7 @@ class SegmentationLoss(nn.Module):
     def __init__(
         self,
         ignore_index: int = 255,
-        reduction: Literal["mean", "sum"] = "mean",
+        reduction: Reduction = "mean",
         class_weights: Sequence[float] | Tensor | None = None,
         aux_weight: float = 0.0,
         se_weight: float = 0.0,
@@ -75,8 +80,8 @@ class SegmentationLoss(nn.Module):
         ohem_min_kept: int = 0,
     ) -> None:
         super().__init__()
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
         if aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
         if se_weight < 0:
@@ -99,6 +104,25 @@ class SegmentationLoss(nn.Module):
         weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32).flatten()
         # A buffer so that .to(device) moves it; not persistent, because a loss is configuration, not state.
         self.register_buffer("class_weights", weights, persistent=False)
+
+    @classmethod
+    def from_config(
+        cls, cfg: LossConfig, ignore_index: int = 255, class_weights: Sequence[float] | Tensor | None = None
+    ) -> SegmentationLoss:
+        """The loss a ``loss:`` config section describes (its keys are this class's arguments).
+
+        ``class_weights`` replaces ``cfg.class_weights``; it is required when that names a method
+        (``"median_frequency"``), since the weights then come from the training labels.
+        """
+        settings = dataclasses.asdict(cfg)
+        configured = settings.pop("class_weights")
+        if class_weights is None and isinstance(configured, str):
+            raise ValueError(
+                f"loss.class_weights={configured!r} is computed from the training labels: pass the weights "
+                "(e.g. median_frequency_weights of the class pixel counts) as class_weights"
+            )
+        return cls(ignore_index=ignore_index, class_weights=configured if class_weights is None else class_weights,
+                   **settings)
 
     def extra_repr(self) -> str:
         return (

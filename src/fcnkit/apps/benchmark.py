@@ -59,6 +59,8 @@ __all__ = [
     "peak_memory",
     "sync",
     "time_forwards",
+    "time_interleaved",
+    "timed",
     "write_csv",
     "write_json",
 ]
@@ -205,21 +207,46 @@ def benchmark(
     return results
 
 
+def timed(fn: Callable[[], object], device: torch.device, timer: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds of one call of ``fn``; on CUDA the device is synchronised before and after it."""
+    sync(device)
+    start = timer()
+    fn()
+    sync(device)
+    return timer() - start
+
+
 def time_forwards(
     forward: Forward, inputs: list[Tensor], device: torch.device, warmup: int, repeats: int, timer: Callable
 ) -> list[float]:
     """Seconds of each timed pass; call ``i`` (warm-up included) gets ``inputs[i % len(inputs)]``."""
     for i in range(warmup):
         forward(inputs[i % len(inputs)])
-    sync(device)
-    seconds = []
-    for i in range(warmup, warmup + repeats):
-        x = inputs[i % len(inputs)]
-        sync(device)
-        start = timer()
-        forward(x)
-        sync(device)
-        seconds.append(timer() - start)
+    return [
+        timed(functools.partial(forward, inputs[i % len(inputs)]), device, timer)
+        for i in range(warmup, warmup + repeats)
+    ]
+
+
+def time_interleaved(
+    runs: dict[str, Callable[[], object]],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    timer: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Seconds of each timed call of each of ``runs``, the runs taking turns on every repeat.
+
+    Comparing two models on a shared machine, load from other processes then hits both alike, so their ratio
+    holds even when the absolute times drift. Every run gets ``warmup`` untimed calls first.
+    """
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            seconds[name].append(timed(fn, device, timer))
     return seconds
 
 
@@ -280,15 +307,22 @@ def _result(
 ) -> BenchResult:
     median = statistics.median(seconds)
     return BenchResult(
-        name=name, size=size, batch=batch, dynamic=dynamic,
-        median_ms=1000 * median, p90_ms=1000 * float(np.percentile(seconds, 90)), min_ms=1000 * min(seconds),
+        name=name,
+        size=size,
+        batch=batch,
+        dynamic=dynamic,
+        median_ms=1000 * median,
+        p90_ms=1000 * float(np.percentile(seconds, 90)),
+        min_ms=1000 * min(seconds),
         mean_ms=1000 * statistics.fmean(seconds),
         images_per_s=batch / median if median > 0 else math.inf,
         params=params,
         gflops=flops / 1e9 if flops is not None else None,
         gflops_per_s=flops / 1e9 / median if flops is not None and median > 0 else None,
-        peak_memory_mb=memory, protocol=dict(protocol), times_ms=[1000 * s for s in seconds],
-    )  # fmt: skip
+        peak_memory_mb=memory,
+        protocol=dict(protocol),
+        times_ms=[1000 * s for s in seconds],
+    )
 
 
 def sync(device: torch.device) -> None:

@@ -65,8 +65,13 @@ class DemoResult:
 
 def demo_config(out: Path, epochs: int = 30, seed: int = 0, device: str = "auto") -> TrainConfig:
     """The demo recipe with its paths under ``out``."""
-    overrides = [f"data.root={out / 'data'}", f"output_dir={out / 'train'}", f"schedule.epochs={epochs}",
-                 f"seed={seed}", f"device={device}"]  # fmt: skip
+    overrides = [
+        f"data.root={out / 'data'}",
+        f"output_dir={out / 'train'}",
+        f"schedule.epochs={epochs}",
+        f"seed={seed}",
+        f"device={device}",
+    ]
     return config_from_dict(DEMO_RECIPE, overrides)
 
 

@@ -20,6 +20,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from fcnkit.config import DataConfig
 from fcnkit.preprocessing import Preprocessing
 from fcnkit.utils import as_pair
 
@@ -88,6 +89,20 @@ class TrainTransform:
         self.color_jitter = color_jitter
         self.ignore_index = ignore_index
         self.generator = generator
+
+    @classmethod
+    def from_config(cls, preprocessing: Preprocessing, data: DataConfig, ignore_index: int = 255) -> TrainTransform:
+        """The augmentation a ``data:`` config section describes (crop_size, scale_range, base_size, hflip,
+        color_jitter), normalising with ``preprocessing``."""
+        return cls(
+            preprocessing,
+            crop_size=None if data.crop_size is None else as_pair(data.crop_size, "data.crop_size"),
+            scale_range=tuple(data.scale_range),
+            base_size=data.base_size,
+            hflip=data.hflip,
+            color_jitter=data.color_jitter,
+            ignore_index=ignore_index,
+        )
 
     def _uniform(self, low: float, high: float) -> float:
         return low + (high - low) * torch.rand((), generator=self.generator).item()

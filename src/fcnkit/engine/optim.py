@@ -9,10 +9,15 @@ Parameter groups split the trainable parameters by *where* they are (backbone or
 
 Each group stores its ``"lr_mult"`` and a ``"name"``; its ``"lr"`` is ``lr * lr_mult``, and the schedulers built
 here multiply every group's initial lr by the same factor, so the multipliers hold throughout training.
+
+Both builders take their config section whole (``build_optimizer(model, cfg.optim)``,
+``build_scheduler(optimizer, cfg.schedule, total_steps=...)``), or a name and keyword arguments with the
+same names as the section's keys.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,17 +28,22 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..config import OptimConfig, OptimizerName, ScheduleConfig, ScheduleName, choices
+from .clock import BudgetClock
+
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "LRFactor",
+    "ScheduledLR",
     "build_optimizer",
     "build_scheduler",
     "param_groups",
 ]
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "poly", "cosine", "step")
+#: the values of ``optim.name`` and ``schedule.name`` (one list each, in :mod:`fcnkit.config`)
+OPTIMIZERS: tuple[str, ...] = choices(OptimizerName)
+SCHEDULES: tuple[str, ...] = choices(ScheduleName)
 
 # Normalisation layers whose affine parameters count as "norm" (no lr multiplier for their bias, optional
 # decay). _NormBase covers BatchNorm*, SyncBatchNorm and InstanceNorm*; timm's norms subclass these.
@@ -131,34 +141,40 @@ def param_groups(
 
 def build_optimizer(
     model: nn.Module,
-    name: str = "sgd",
+    optim: OptimConfig | str = "sgd",
     *,
-    lr: float,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
-    betas: tuple[float, float] = (0.9, 0.999),
-    nesterov: bool = False,
-    **group_kwargs: Any,
+    head_names: Sequence[str] = ("neck", "classifier", "aux_classifier"),
+    **settings: Any,
 ) -> Optimizer:
     """An SGD or AdamW optimiser over :func:`param_groups` of ``model``.
 
     Args:
-        name: ``"sgd"`` (uses ``momentum``, ``nesterov``) or ``"adamw"`` (uses ``betas``).
-        lr, weight_decay: base values; the groups scale / zero them.
-        **group_kwargs: forwarded to :func:`param_groups` (``bias_lr_mult``, ``bias_decay``, ``norm_decay``,
-            ``head_lr_mult``, ``head_names``).
+        optim: an ``optim:`` config section, or the optimiser's name with its settings as keyword arguments:
+            ``"sgd"`` (uses ``momentum``, ``nesterov``) or ``"adamw"`` (uses ``betas``).
+        head_names: attribute names of the head modules (see :func:`param_groups`).
+        **settings: with a name, the :class:`~fcnkit.config.OptimConfig` keys: ``lr`` (required),
+            ``weight_decay`` (default 0 here), ``momentum``, ``betas``, ``nesterov`` and the group settings
+            ``bias_lr_mult``, ``bias_decay``, ``norm_decay``, ``head_lr_mult``.
 
     The Caffe FCN-32s recipe, for instance, is ``build_optimizer(model, "sgd", lr=1e-10, momentum=0.99,
     weight_decay=5e-4, bias_lr_mult=2, bias_decay=False)`` together with a *summed* loss.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    groups = param_groups(model, lr, weight_decay, **group_kwargs)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-    if nesterov:
+    if isinstance(optim, str):
+        if "lr" not in settings:
+            raise TypeError("build_optimizer() with an optimiser name needs lr=")
+        optim = OptimConfig(name=optim, **{"weight_decay": 0.0, **settings})  # type: ignore[arg-type]
+    elif settings:
+        raise TypeError(f"build_optimizer() takes settings from the OptimConfig, not also {sorted(settings)}")
+    o = optim
+    if o.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {o.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    groups = param_groups(model, o.lr, o.weight_decay, bias_lr_mult=o.bias_lr_mult, bias_decay=o.bias_decay,
+                          norm_decay=o.norm_decay, head_lr_mult=o.head_lr_mult, head_names=head_names)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+    if o.nesterov:
         raise ValueError("nesterov applies to 'sgd' only")
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
 @dataclass
@@ -172,13 +188,16 @@ class LRFactor:
     * cosine:   ``m + (1 - m) * 0.5 * (1 + cos(pi * s / T))``
     * step:     ``max(m, gamma ** (t // step_size))``
 
-    With ``progress`` set (time-budget training), ``s / T`` is replaced by ``progress``.
+    With a ``clock`` (time-budget training), ``s / T`` is replaced by the fraction of the budget it has spent,
+    :meth:`BudgetClock.fraction_spent`; the warm-up still counts optimiser steps.
 
     ``warmup`` is linear from ``warmup_start_factor`` at ``t = 0`` to 1 at ``t = warmup_steps`` and 1 after.
     It multiplies the decay (mmcv's convention) rather than delaying it, so the decay curve is the same
     closed form with or without warmup.
 
-    A dataclass rather than a closure so that ``LambdaLR.state_dict()`` stores the schedule's settings.
+    A dataclass rather than a closure so that the scheduler's ``state_dict()`` stores the schedule's settings
+    (:class:`ScheduledLR` leaves the clock out: it is state of the run, not of the schedule). The fields other
+    than ``total_steps`` and ``clock`` are keys of :class:`~fcnkit.config.ScheduleConfig`, of the same names.
     """
 
     name: str
@@ -189,10 +208,15 @@ class LRFactor:
     min_lr_factor: float = 0.0
     step_size: int | None = None
     gamma: float = 0.1
-    #: time-budget training: the fraction of the budget spent (0-1), set by the training loop before each
-    #: ``scheduler.step()``. The decay then runs over the budget, ``s = progress * T``; the warm-up still
-    #: counts optimiser steps.
-    progress: float | None = None
+    clock: BudgetClock | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_config(
+        cls, schedule: ScheduleConfig, total_steps: int | None, clock: BudgetClock | None = None
+    ) -> LRFactor:
+        """The factor of a ``schedule:`` config section (epochs / iterations / budget_minutes aside)."""
+        shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(schedule)}
+        return cls(total_steps=total_steps, clock=clock, **{k: getattr(schedule, k) for k in shared})
 
     def __call__(self, t: int) -> float:
         if self.warmup_steps > 0 and t < self.warmup_steps:
@@ -206,10 +230,10 @@ class LRFactor:
             assert self.step_size is not None
             decay = max(m, self.gamma ** (t // self.step_size))
         else:
-            assert self.total_steps is not None
-            if self.progress is not None:
-                progress = min(max(self.progress, 0.0), 1.0)
+            if self.clock is not None:
+                progress = self.clock.fraction_spent()
             else:
+                assert self.total_steps is not None
                 progress = min(t, self.total_steps) / self.total_steps
             if self.name == "poly":
                 decay = m + (1.0 - m) * (1.0 - progress) ** self.power
@@ -218,17 +242,34 @@ class LRFactor:
         return warm * decay
 
 
+class ScheduledLR(LambdaLR):
+    """A ``LambdaLR`` over :class:`LRFactor` s whose ``state_dict()`` holds the step count and the settings.
+
+    The factors' clock is left out of the state (the run restores its own clock) and a ``progress`` entry,
+    which checkpoints of earlier versions hold (the budget fraction, then set by the loop), is ignored.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["lr_lambdas"] = [_settings_only(d) for d in state["lr_lambdas"]]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict({**state_dict, "lr_lambdas": [_settings_only(d) for d in state_dict["lr_lambdas"]]})
+
+
+def _settings_only(factor_state: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if factor_state is None else {k: v for k, v in factor_state.items() if k not in ("clock", "progress")}
+
+
 def build_scheduler(
     optimizer: Optimizer,
-    name: str = "constant",
+    schedule: ScheduleConfig | str = "constant",
     total_steps: int | None = None,
-    warmup_steps: int = 0,
-    warmup_start_factor: float = 0.001,
-    power: float = 0.9,
-    min_lr_factor: float = 0.0,
-    step_size: int | None = None,
-    gamma: float = 0.1,
-) -> LambdaLR:
+    *,
+    clock: BudgetClock | None = None,
+    **settings: Any,
+) -> ScheduledLR:
     """A ``LambdaLR`` implementing :class:`LRFactor`; call its ``step()`` once after every ``optimizer.step()``.
 
     Each group's lr is ``initial lr * factor(t)`` where the initial lr is the group's ``lr`` when the scheduler
@@ -236,29 +277,35 @@ def build_scheduler(
     round-trips (step count and schedule settings).
 
     Args:
-        name: one of ``"constant"``, ``"poly"``, ``"cosine"``, ``"step"``.
-        total_steps: number of optimiser steps, T; required by ``"poly"`` and ``"cosine"``.
-        warmup_steps: length of the linear warm-up (0: none).
-        warmup_start_factor: factor at step 0 of the warm-up.
-        power: exponent of ``"poly"`` (0.9 in the DeepLab / FastFCN / torchvision recipes).
-        min_lr_factor: floor of the decay, as a fraction of the initial lr.
-        step_size, gamma: ``"step"`` multiplies by ``gamma`` every ``step_size`` steps.
+        schedule: a ``schedule:`` config section, or the schedule's name, one of ``"constant"``, ``"poly"``,
+            ``"cosine"``, ``"step"``, with its settings as keyword arguments of the section's names:
+            ``warmup_steps`` (linear warm-up length, 0: none), ``warmup_start_factor`` (factor at step 0 of the
+            warm-up), ``power`` (of ``"poly"``: 0.9 in the DeepLab / FastFCN / torchvision recipes),
+            ``min_lr_factor`` (floor of the decay, as a fraction of the initial lr), ``step_size`` and ``gamma``
+            (``"step"`` multiplies by ``gamma`` every ``step_size`` steps).
+        total_steps: number of optimiser steps, T; required by ``"poly"`` and ``"cosine"`` without a clock.
+        clock: time-budget training: ``"poly"`` and ``"cosine"`` decay over the fraction of the clock's budget
+            spent instead of over steps (:meth:`BudgetClock.mark` before each ``step()`` takes the reading).
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
-    if name in ("poly", "cosine") and total_steps is None:
-        raise ValueError(f"schedule {name!r} needs total_steps")
+    if isinstance(schedule, str):
+        schedule = ScheduleConfig(name=schedule, **settings)  # type: ignore[arg-type]
+    elif settings:
+        raise TypeError(f"build_scheduler() takes settings from the ScheduleConfig, not also {sorted(settings)}")
+    s = schedule
+    if s.name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {s.name!r}; valid: {', '.join(SCHEDULES)}")
+    if s.name in ("poly", "cosine") and total_steps is None and clock is None:
+        raise ValueError(f"schedule {s.name!r} needs total_steps")
     if total_steps is not None and total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if name == "step" and (step_size is None or step_size < 1):
-        raise ValueError(f"schedule 'step' needs step_size >= 1, got {step_size}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if not 0.0 < warmup_start_factor <= 1.0:
-        raise ValueError(f"warmup_start_factor must be in (0, 1], got {warmup_start_factor}")
-    if not 0.0 <= min_lr_factor <= 1.0:
-        raise ValueError(f"min_lr_factor must be in [0, 1], got {min_lr_factor}")
-    if power <= 0:
-        raise ValueError(f"power must be > 0, got {power}")
-    factor = LRFactor(name, total_steps, warmup_steps, warmup_start_factor, power, min_lr_factor, step_size, gamma)
-    return LambdaLR(optimizer, factor)
+    if s.name == "step" and (s.step_size is None or s.step_size < 1):
+        raise ValueError(f"schedule 'step' needs step_size >= 1, got {s.step_size}")
+    if s.warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {s.warmup_steps}")
+    if not 0.0 < s.warmup_start_factor <= 1.0:
+        raise ValueError(f"warmup_start_factor must be in (0, 1], got {s.warmup_start_factor}")
+    if not 0.0 <= s.min_lr_factor <= 1.0:
+        raise ValueError(f"min_lr_factor must be in [0, 1], got {s.min_lr_factor}")
+    if s.power <= 0:
+        raise ValueError(f"power must be > 0, got {s.power}")
+    return ScheduledLR(optimizer, LRFactor.from_config(s, total_steps, clock))

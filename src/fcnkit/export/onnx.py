@@ -223,8 +223,9 @@ def export_onnx(
     graph = program.model.graph
     got_opset = int(program.model.opset_imports.get("", 0))
     if opset is not None and got_opset != opset:  # torch.onnx keeps its own opset when conversion fails
-        raise ExportError(f"could not export to opset {opset} (the exporter produced opset {got_opset}); "
-                          "use opset 16 or later")  # fmt: skip
+        raise ExportError(
+            f"could not export to opset {opset} (the exporter produced opset {got_opset}); use opset 16 or later"
+        )
     if dynamic:
         # torch.onnx falls back to the traced size, without an error, when the forward makes an axis constant.
         shape = graph.inputs[0].shape
@@ -244,8 +245,9 @@ def export_onnx(
     report = ExportReport(path, got_opset, dynamic, time.perf_counter() - start)
     if verify:
         try:
-            report.checks = verify_onnx(model, path, sizes_to_verify, batch=batch, atol=atol, rtol=rtol,
-                                        min_agreement=min_agreement)  # fmt: skip
+            report.checks = verify_onnx(
+                model, path, sizes_to_verify, batch=batch, atol=atol, rtol=rtol, min_agreement=min_agreement
+            )
         except ExportVerificationError as e:
             raise ExportVerificationError(f"{path} was written, but {e}") from None
     return report

@@ -107,11 +107,16 @@ class OnnxRuntimeModel(nn.Module):
             session, self.path = model, None
         else:
             if graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
-                raise ConfigError(f"graph_optimization must be one of {GRAPH_OPTIMIZATION_LEVELS}, got "
-                                 f"{graph_optimization!r}")  # fmt: skip
+                raise ConfigError(
+                    f"graph_optimization must be one of {GRAPH_OPTIMIZATION_LEVELS}, got {graph_optimization!r}"
+                )
             options = ort.SessionOptions()
-            level = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-                     "all": "ORT_ENABLE_ALL"}[graph_optimization]  # fmt: skip
+            level = {
+                "disable": "ORT_DISABLE_ALL",
+                "basic": "ORT_ENABLE_BASIC",
+                "extended": "ORT_ENABLE_EXTENDED",
+                "all": "ORT_ENABLE_ALL",
+            }[graph_optimization]
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
             if intra_op_threads:
                 options.intra_op_num_threads = int(intra_op_threads)
@@ -131,8 +136,11 @@ class OnnxRuntimeModel(nn.Module):
         self.palette: list[tuple[int, int, int]] | None = meta["palette"]
         self.arch: dict[str, Any] = meta["arch"] or {}
         if preprocessing is None and meta["preprocessing"] is None:
-            warnings.warn(f"{self.path or 'this ONNX model'} has no fcnkit preprocessing metadata: assuming "
-                          "ImageNet RGB mean/std (pass preprocessing=... if that is wrong)", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"{self.path or 'this ONNX model'} has no fcnkit preprocessing metadata: assuming "
+                "ImageNet RGB mean/std (pass preprocessing=... if that is wrong)",
+                stacklevel=2,
+            )
         self.preprocessing: Preprocessing = preprocessing or meta["preprocessing"] or IMAGENET
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

@@ -110,8 +110,9 @@ class OptimizedModel(nn.Module):
     so :class:`fcnkit.Predictor` and :func:`fcnkit.engine.evaluate.evaluate` accept it in its place.
     """
 
-    def __init__(self, model: Any, source: nn.Module, channels_last: bool, amp_dtype: torch.dtype | None,
-                 report: OptimizeReport) -> None:  # fmt: skip
+    def __init__(
+        self, model: Any, source: nn.Module, channels_last: bool, amp_dtype: torch.dtype | None, report: OptimizeReport
+    ) -> None:
         super().__init__()
         self.model = model
         self.channels_last = channels_last

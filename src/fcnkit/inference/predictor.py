@@ -54,10 +54,17 @@ class Predictor:
             the CPU; needs ``fcnkit[onnx]``), for ``optimize``.
     """
 
-    def __init__(self, model: str | os.PathLike[str] | nn.Module, device: str = "auto", tile: int | None = None,
-                 overlap: float = 1 / 3, batch_size: int = 1,
-                 inference: InferenceConfig | None = None, optimize: bool = True,
-                 backend: str = "torch") -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | nn.Module,
+        device: str = "auto",
+        tile: int | None = None,
+        overlap: float = 1 / 3,
+        batch_size: int = 1,
+        inference: InferenceConfig | None = None,
+        optimize: bool = True,
+        backend: str = "torch",
+    ) -> None:
         self.device = resolve_device(device)
         self.model = load_model(model).to(self.device).eval()
         if optimize:

@@ -95,8 +95,9 @@ def describe_inference(cfg: InferenceConfig) -> str:
     return text + (", flip" if cfg.flip else "")
 
 
-def infer_logits(model: nn.Module, x: Tensor, cfg: InferenceConfig | None = None,
-                 num_classes: int | None = None) -> Tensor:  # fmt: skip
+def infer_logits(
+    model: nn.Module, x: Tensor, cfg: InferenceConfig | None = None, num_classes: int | None = None
+) -> Tensor:
     """Float32 logits ``(B, C, H, W)`` for preprocessed images ``x`` under a test-time ``cfg``.
 
     For each scale (and its mirror image with ``flip``) the images are resized bilinearly, run whole or by
