@@ -14,6 +14,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -29,11 +31,11 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
-            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+            raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError("mean and std need three values (one per channel)")
+            raise ConfigError("mean and std need three values (one per channel)")
         if any(s <= 0 for s in self.std):
-            raise ValueError(f"std values must be positive, got {self.std}")
+            raise ConfigError(f"std values must be positive, got {self.std}")
         # Stored as tuples so instances stay hashable and compare by value after a YAML/JSON round trip.
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))

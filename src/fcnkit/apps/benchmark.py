@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..version import __version__
 
 __all__ = [
@@ -172,14 +173,14 @@ def benchmark(
     sizes = [(int(h), int(w)) for h, w in sizes]
     batch_sizes = [int(b) for b in batch_sizes]
     if not sizes or any(h < 1 or w < 1 for h, w in sizes):
-        raise ValueError(f"sizes must be positive (H, W) pairs, got {sizes}")
+        raise ConfigError(f"sizes must be positive (H, W) pairs, got {sizes}")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise ValueError(f"batch sizes must be positive, got {batch_sizes}")
+        raise ConfigError(f"batch sizes must be positive, got {batch_sizes}")
     if warmup < 0 or repeats < 1:
-        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
+        raise ConfigError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but torch sees no CUDA device")
+        raise ConfigError("device cuda asked for, but torch sees no CUDA device")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
 

@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from fcnkit.data.io import RGB, DataError, PathLike, read_image, read_label
+from fcnkit.data.io import RGB, PathLike, read_image, read_label
+from fcnkit.errors import ConfigError, DataError
 from fcnkit.registry import Registry
 
 #: Dataset factories by name. Each takes ``root``, ``split`` and ``transform`` (plus its own options)
@@ -78,15 +79,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
         source: PathLike = "",
     ) -> None:
         if not classes:
-            raise ValueError("a dataset needs at least one class name")
+            raise DataError("a dataset needs at least one class name")
         if 0 <= ignore_index < len(classes):
-            raise ValueError(
+            raise DataError(
                 f"ignore_index {ignore_index} is also the index of class {classes[ignore_index]!r}; "
                 f"use a value outside 0..{len(classes) - 1}"
             )
         palette = list(palette) if palette is not None else voc_palette(len(classes))
         if len(palette) != len(classes):
-            raise ValueError(f"palette has {len(palette)} colours for {len(classes)} classes")
+            raise DataError(f"palette has {len(palette)} colours for {len(classes)} classes")
         if not samples:
             where = f" ({source})" if source else ""
             raise DataError(f"split {split!r} is empty: no samples found{where}")
@@ -174,7 +175,7 @@ def resolve_split(split: str, known: Sequence[str], dataset: str) -> str:
         return split
     close = difflib.get_close_matches(split, known, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise ValueError(f"Unknown split {split!r} for dataset {dataset!r}.{hint} Known splits: {', '.join(known)}.")
+    raise ConfigError(f"Unknown split {split!r} for dataset {dataset!r}.{hint} Known splits: {', '.join(known)}.")
 
 
 def read_split_ids(path: Path) -> list[str]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fcnkit.data.base import DATASETS, SampleFiles, SegmentationDataset, Transform, resolve_split
 from fcnkit.data.io import DataError, PathLike
+from fcnkit.errors import ConfigError
 from fcnkit.registry import close_matches
 
 CITYSCAPES_CLASSES = [
@@ -67,7 +68,7 @@ def cityscapes(
     if label_type not in _LABEL_SUFFIXES:
         matches = close_matches(label_type, _LABEL_SUFFIXES)
         hint = f" Did you mean: {', '.join(matches)}?" if matches else ""
-        raise ValueError(f"unknown cityscapes label_type {label_type!r}.{hint} Choose labelIds or trainIds.")
+        raise ConfigError(f"unknown cityscapes label_type {label_type!r}.{hint} Choose labelIds or trainIds.")
     split = resolve_split(split, ["train", "val", "test"], "cityscapes")
     root = Path(root).expanduser()
     image_dir = root / "leftImg8bit" / split

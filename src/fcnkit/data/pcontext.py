@@ -32,6 +32,7 @@ from fcnkit.data.base import (
 )
 from fcnkit.data.io import PathLike
 from fcnkit.data.voc import find_devkit_year
+from fcnkit.errors import ConfigError
 
 #: The 59 classes in the order of their converted label value 1..59 (alphabetical).
 CONTEXT59_CLASSES = [
@@ -66,7 +67,7 @@ def pascal_context(
     kept, 0 = background. A stored value above 59 raises :class:`DataError` naming the file in both cases.
     """
     if num_classes not in (59, 60):
-        raise ValueError(f"pascal_context num_classes must be 59 or 60, got {num_classes!r}")
+        raise ConfigError(f"pascal_context num_classes must be 59 or 60, got {num_classes!r}")
     split = resolve_split(split, ["train", "val"], "pascal_context")
     base = find_context_root(root)
     split_file = base / "ImageSets" / "SegmentationContext" / f"{split}.txt"

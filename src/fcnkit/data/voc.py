@@ -32,6 +32,7 @@ from pathlib import Path
 from fcnkit.data.base import DATASETS, SampleFiles, SegmentationDataset, Transform, read_split_ids, resolve_split
 from fcnkit.data.base import voc_palette as voc_palette
 from fcnkit.data.io import DataError, PathLike
+from fcnkit.errors import ConfigError
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -126,14 +127,14 @@ def voc_trainaug(
     split = resolve_split(split, ["train", "val"], "voc_trainaug")
     voc_root, sbd_root = voc_root or root, sbd_root or root
     if voc_root is None:
-        raise ValueError("voc_trainaug needs root (holding VOCdevkit and benchmark_RELEASE) or voc_root")
+        raise ConfigError("voc_trainaug needs root (holding VOCdevkit and benchmark_RELEASE) or voc_root")
     voc = find_voc_root(voc_root)
     voc_val_file = voc / "ImageSets" / "Segmentation" / "val.txt"
     voc_val = read_split_ids(voc_val_file)
     if split == "val":
         return _voc_dataset(_voc_files(voc, voc_val), split, voc_val_file, transform)
     if sbd_root is None:
-        raise ValueError("voc_trainaug split 'train' needs the SBD dataset: pass root or sbd_root")
+        raise ConfigError("voc_trainaug split 'train' needs the SBD dataset: pass root or sbd_root")
     base = find_sbd_root(sbd_root)
     sbd_ids = set(read_split_ids(base / "train.txt")) | set(read_split_ids(base / "val.txt"))
     voc_train = set(read_split_ids(voc / "ImageSets" / "Segmentation" / "train.txt"))

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import ExportError, ExportVerificationError
+from ..errors import ConfigError, ExportError, ExportVerificationError
 from ..preprocessing import IMAGENET
 from ..utils import Parity, compare_logits, eval_mode
 from .runtime import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeModel, model_metadata, require_onnx
@@ -203,7 +203,7 @@ def export_onnx(
         sizes_to_verify = [sample_size, *_other_sizes(sample_size)] if dynamic else [sample_size]
     sizes_to_verify = [(int(h), int(w)) for h, w in sizes_to_verify]
     if not dynamic and any(s != sample_size for s in sizes_to_verify):
-        raise ValueError(f"a static export (dynamic=False) only runs at {sample_size}, not at {sizes_to_verify}")
+        raise ConfigError(f"a static export (dynamic=False) only runs at {sample_size}, not at {sizes_to_verify}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

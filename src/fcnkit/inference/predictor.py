@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..config import InferenceConfig
 from ..data.io import read_image
+from ..errors import DataError
 from ..utils import resolve_device
 from .loading import load_model
 from .optimize import optimized_or_plain
@@ -117,7 +118,7 @@ def to_rgb_tensor(image: str | os.PathLike[str] | Image.Image | np.ndarray | Ten
         return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
+            raise DataError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.uint8)
     if isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3:
         return image

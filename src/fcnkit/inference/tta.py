@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import InferenceConfig
+from ..errors import ConfigError
 from ..utils import as_pair
 
 __all__ = ["describe_inference", "infer_logits", "is_plain", "sliding_window_logits"]
@@ -41,7 +42,7 @@ def sliding_window_logits(
     """
     (ch, cw), (sh, sw) = as_pair(crop_size), as_pair(stride)
     if min(ch, cw, sh, sw) < 1:
-        raise ValueError(f"crop_size and stride must be positive, got {crop_size} and {stride}")
+        raise ConfigError(f"crop_size and stride must be positive, got {crop_size} and {stride}")
     b, _, h, w = x.shape
     ph, pw = (max(h, ch), max(w, cw)) if pad_value is not None else (h, w)
     if (ph, pw) != (h, w):

@@ -14,6 +14,7 @@ import os
 
 from torch import nn
 
+from ..errors import CheckpointError, ConfigError
 from ..preprocessing import IMAGENET
 from .backbones.resnet import ResNetBackbone, resnet_state_dict_to_backbone
 from .heads.aspp import ASPPHead
@@ -61,13 +62,13 @@ def fastfcn(
         dropout: the Dropout2d before each head's last 1x1 conv (and in the aux head).
     """
     if head not in HEADS:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        raise ConfigError(f"head must be one of {HEADS}, got {head!r}")
     if neck not in NECKS:
-        raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
+        raise ConfigError(f"neck must be one of {NECKS}, got {neck!r}")
     if se_loss is None:
         se_loss = head == "enc"
     if se_loss and head != "enc":
-        raise ValueError(f"se_loss needs the EncNet head (head='enc'); {head!r} has no SE branch")
+        raise ConfigError(f"se_loss needs the EncNet head (head='enc'); {head!r} has no SE branch")
 
     backbone = ResNetBackbone(depth, output_stride=32 if neck else 8, deep_stem=deep_stem)
     taps = [backbone.channels(k) for k in ("layer2", "layer3", "layer4")]
@@ -96,7 +97,7 @@ def fastfcn(
             backbone.load_state_dict(resnet_state_dict_to_backbone(resolved.state_dict), strict=True)
         except RuntimeError as err:
             hint = " (deep_stem=True needs deep-stem weights; torchvision's have a 7x7 stem)" if deep_stem else ""
-            raise ValueError(f"{resolved.source} does not fit the ResNet-{depth} backbone{hint}: {err}") from None
+            raise CheckpointError(f"{resolved.source} does not fit the ResNet-{depth} backbone{hint}: {err}") from None
         set_metadata(model, resolved.preprocessing or IMAGENET)
     return model
 

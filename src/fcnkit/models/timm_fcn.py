@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..errors import CheckpointError, ConfigError
 from .backbones.timm import TimmBackbone
 from .heads.fcn import FCNHead, SkipFCNHead
 from .segmenter import Segmenter
@@ -34,7 +35,7 @@ def timm_fcn(
     timm's hub weights are never downloaded at build time.
     """
     if head not in TIMM_HEADS:
-        raise ValueError(f"head must be one of {sorted(TIMM_HEADS)}, got {head!r}")
+        raise ConfigError(f"head must be one of {sorted(TIMM_HEADS)}, got {head!r}")
     body = TimmBackbone(backbone, output_stride=output_stride, **(backbone_kwargs or {}))
     infos = body.feature_info[::-1]  # coarse to fine
     skips = TIMM_HEADS[head]
@@ -43,9 +44,9 @@ def timm_fcn(
         aux_classifier = FCNHead(infos[1].channels, num_classes, infos[1].name) if aux else None
     else:
         if aux:
-            raise ValueError("aux=True is available with head='fcn' only")
+            raise ConfigError("aux=True is available with head='fcn' only")
         if len(infos) < skips + 1:
-            raise ValueError(f"{backbone} has {len(infos)} feature taps; {head} needs {skips + 1}")
+            raise ConfigError(f"{backbone} has {len(infos)} feature taps; {head} needs {skips + 1}")
         classifier = SkipFCNHead(
             in_keys=[i.name for i in infos],
             in_channels=[i.channels for i in infos],
@@ -61,7 +62,7 @@ def timm_fcn(
         resolved = resolve(backbone_weights, owner=body.timm_name, backbone=True)
         result = body.body.load_state_dict(resolved.state_dict, strict=False)
         if result.missing_keys:
-            raise ValueError(f"{backbone_weights} lacks backbone keys: {result.missing_keys[:8]}")
+            raise CheckpointError(f"{backbone_weights} lacks backbone keys: {result.missing_keys[:8]}")
         set_metadata(model, resolved.preprocessing)
     return model
 

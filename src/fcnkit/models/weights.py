@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..errors import MissingFileError, UnknownNameError
+from ..errors import CheckpointError, MissingFileError, UnknownNameError
 from ..hub import download, load_file
 from ..preprocessing import CAFFE_BGR, IMAGENET, Preprocessing
 from ..registry import unknown_name_message
@@ -222,7 +222,7 @@ def _from_object(obj: Any, entry: WeightsEntry | None, source: str) -> ResolvedW
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{source} does not hold a state dict (a mapping of names to tensors)")
+        raise CheckpointError(f"{source} does not hold a state dict (a mapping of names to tensors)")
     return ResolvedWeights(dict(obj), preprocessing, classes, layout, source)
 
 

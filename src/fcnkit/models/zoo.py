@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import CheckpointError
 from ..preprocessing import Preprocessing
 from ..registry import Registry
 from .segmenter import Segmenter
@@ -38,7 +39,7 @@ def to_fcnkit_layout(state_dict: dict[str, Tensor], layout: str | None = None) -
         return torchfcn_to_fcnkit(state_dict)
     if layout in ("fcnkit", "torchvision_segmentation"):
         return state_dict
-    raise ValueError(f"a {layout} state dict holds backbone weights only: pass it as backbone_weights=")
+    raise CheckpointError(f"a {layout} state dict holds backbone weights only: pass it as backbone_weights=")
 
 
 def load_model_weights(model: nn.Module, weights: ResolvedWeights) -> None:
@@ -53,13 +54,13 @@ def load_model_weights(model: nn.Module, weights: ResolvedWeights) -> None:
     own = model.state_dict()
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
-            raise ValueError(
+            raise CheckpointError(
                 f"{weights.source}: {k} has shape {tuple(v.shape)} but the model expects {tuple(own[k].shape)}"
                 " (a different num_classes or architecture?)"
             )
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
+        raise CheckpointError(
             f"{weights.source} does not fit this model: missing {result.missing_keys[:8]}"
             f"{'...' if len(result.missing_keys) > 8 else ''}, unexpected {result.unexpected_keys[:8]}"
             f"{'...' if len(result.unexpected_keys) > 8 else ''}"
@@ -98,11 +99,13 @@ def init_from(model: Segmenter, source: nn.Module | str | os.PathLike[str]) -> l
         if k not in own:
             continue
         if own[k].shape != v.shape:
-            raise ValueError(f"init_from: {k} has shape {tuple(v.shape)} in the source, {tuple(own[k].shape)} here")
+            raise CheckpointError(
+                f"init_from: {k} has shape {tuple(v.shape)} in the source, {tuple(own[k].shape)} here"
+            )
         own[k].copy_(v)
         copied.append(k)
     if not copied:
-        raise ValueError("init_from: the source shares no parameter names with this model")
+        raise CheckpointError("init_from: the source shares no parameter names with this model")
     return copied
 
 

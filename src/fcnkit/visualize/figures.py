@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from torch import Tensor
 
+from ..errors import DataError
 from .labels import RGB, PathLike, _palette_array
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def plot_learning_curves(
         ``out_png`` as a Path (parent folders are created). The picture is 1500 x 400 px.
     """
     if not train and not val:
-        raise ValueError(f"{title}: no training or evaluation records to draw")
+        raise DataError(f"{title}: no training or evaluation records to draw")
 
     fig = _new_figure((15, 4))
     ax_loss, ax_lr, ax_val = fig.subplots(1, 3, sharex=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..segmenter import Backbone, FeatureInfo
 
 
@@ -92,9 +93,9 @@ class ResNetBackbone(Backbone):
     def __init__(self, depth: int = 50, output_stride: int = 8, deep_stem: bool = False) -> None:
         super().__init__()
         if depth not in RESNET_SPECS:
-            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
+            raise ConfigError(f"ResNet depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
         if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+            raise ConfigError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         block, layers = RESNET_SPECS[depth]
         self.depth, self.output_stride, self.deep_stem = depth, output_stride, deep_stem
         stem_ch = 128 if deep_stem else 64

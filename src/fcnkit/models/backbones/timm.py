@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ...errors import UnknownNameError
+from ...errors import ConfigError, UnknownNameError
 from ...registry import unknown_name_message
 from ...utils import require
 from ..segmenter import Backbone, FeatureInfo
@@ -45,7 +45,7 @@ class TimmBackbone(Backbone):
         try:
             self.body = timm.create_model(name, **kwargs)
         except Exception as e:
-            raise ValueError(f"timm could not build {name!r} with features_only=True and {kwargs}: {e}") from e
+            raise ConfigError(f"timm could not build {name!r} with features_only=True and {kwargs}: {e}") from e
         self.timm_name = name
         info = self.body.feature_info
         indices = info.out_indices if hasattr(info, "out_indices") else range(len(info.channels()))

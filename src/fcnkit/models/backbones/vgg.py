@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import CheckpointError
 from ..segmenter import Backbone, FeatureInfo
 
 #: Output channels of each conv, grouped by block (a max-pool follows every block).
@@ -82,11 +83,11 @@ def vgg16_state_dict_to_backbone(state_dict: dict[str, Tensor], batch_norm: bool
     bns = [i for i in indices if f"features.{i}.running_mean" in state_dict]
     names = [f"conv{b}_{i}" for b, block in enumerate(VGG16_BLOCKS, 1) for i in range(1, len(block) + 1)]
     if len(convs) != len(names):
-        raise ValueError(f"expected {len(names)} VGG16 convs under 'features.', found {len(convs)}")
+        raise CheckpointError(f"expected {len(names)} VGG16 convs under 'features.', found {len(convs)}")
     if batch_norm and len(bns) != len(names):
-        raise ValueError("a VGG16-BN backbone needs a vgg16_bn state dict (BatchNorm layers are missing)")
+        raise CheckpointError("a VGG16-BN backbone needs a vgg16_bn state dict (BatchNorm layers are missing)")
     if not batch_norm and bns:
-        raise ValueError("this is a vgg16_bn state dict: build the model with batch_norm=True")
+        raise CheckpointError("this is a vgg16_bn state dict: build the model with batch_norm=True")
     out: dict[str, Tensor] = {}
     for k, name in enumerate(names):
         out[f"{name}.weight"] = state_dict[f"features.{convs[k]}.weight"]

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ...errors import ConfigError
+
 Norm = Callable[[int], nn.Module]
 
 
@@ -52,7 +54,7 @@ class ASPP(nn.Module):
     ) -> None:
         super().__init__()
         if len(rates) != 3:
-            raise ValueError(f"ASPP takes three atrous rates, got {list(rates)}")
+            raise ConfigError(f"ASPP takes three atrous rates, got {list(rates)}")
         self.rates = tuple(int(r) for r in rates)
         self.b0 = nn.Sequential(nn.Conv2d(in_channels, channels, 1, bias=False), norm(channels), nn.ReLU(True))
         for i, rate in enumerate(self.rates, start=1):

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
+
 UPSAMPLE_MODES = ("deconv", "bilinear", "nearest_conv")
 
 
@@ -95,7 +97,7 @@ def make_upsampler(channels: int, factor: int, mode: str = "deconv", learnable: 
     ``nearest_conv``: nearest resize then a learned 1x1 conv (initialised to identity).
     """
     if mode not in UPSAMPLE_MODES:
-        raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
+        raise ConfigError(f"upsample must be one of {UPSAMPLE_MODES}, got {mode!r}")
     if factor == 1:
         return nn.Identity()
     if mode == "deconv":
@@ -159,9 +161,9 @@ class SkipFCNHead(nn.Module):
     ) -> None:
         super().__init__()
         if skips not in (0, 1, 2):
-            raise ValueError(f"skips must be 0 (FCN-32s), 1 (FCN-16s) or 2 (FCN-8s), got {skips}")
+            raise ConfigError(f"skips must be 0 (FCN-32s), 1 (FCN-16s) or 2 (FCN-8s), got {skips}")
         if len(in_keys) < skips + 1 or len(in_channels) < skips + 1 or len(strides) < skips + 1:
-            raise ValueError(f"FCN with {skips} skips needs {skips + 1} taps, got {list(in_keys)}")
+            raise ConfigError(f"FCN with {skips} skips needs {skips + 1} taps, got {list(in_keys)}")
         self.skips = skips
         self.in_keys = list(in_keys[: skips + 1])
         strides = [int(s) for s in strides[: skips + 1]]
@@ -170,11 +172,11 @@ class SkipFCNHead(nn.Module):
         if offsets is None:
             offsets = [f // 2 for f in factors]
         if len(offsets) != skips + 1:
-            raise ValueError(f"need {skips + 1} crop offsets, got {list(offsets)}")
+            raise ConfigError(f"need {skips + 1} crop offsets, got {list(offsets)}")
         self.offsets = [int(o) for o in offsets]
         self.skip_scales = [float(s) for s in skip_scales] if skip_scales else [1.0] * skips
         if len(self.skip_scales) != skips:
-            raise ValueError(f"need {skips} skip scales, got {list(skip_scales or [])}")
+            raise ConfigError(f"need {skips} skip scales, got {list(skip_scales or [])}")
 
         self.score_fr = nn.Conv2d(in_channels[0], num_classes, 1)
         if skips >= 1:
