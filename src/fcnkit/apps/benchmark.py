@@ -162,7 +162,7 @@ def benchmark(
         dtype: input dtype (and the module's, when it is one).
         name: the name in the results (default: the registry name of an fcnkit model, else the type's).
         prepare: called once on the eval-mode model, on its device and dtype; what it returns is timed (e.g.
-            ``fcnkit.optimize.optimize_for_inference``). FLOPs and parameters stay those of the model given.
+            ``fcnkit.optimize_for_inference``). FLOPs and parameters stay those of the model given.
         threads: CPU threads (``torch.set_num_threads``) for the duration of the call; default unchanged.
         timer: seconds as a float; called exactly twice per timed pass (before and after), so tests can
             inject a fake clock.

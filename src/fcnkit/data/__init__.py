@@ -5,7 +5,10 @@
 
 One file per on-disk format (``voc.py``, ``camvid.py``, ``pcontext.py``, ``ade20k.py``, ``cityscapes.py``,
 ``folder.py``, and ``synthetic.py`` which writes the folder format); each registers small factory
-functions in :data:`DATASETS`, filled by the explicit imports below.
+functions in :data:`DATASETS`, filled by the explicit imports below. ``io.py`` reads images and labels (every
+failure a :class:`~fcnkit.errors.DataError` naming the file), ``base.py`` holds the dataset base class and the
+registry, ``transforms.py`` the joint train/eval transforms and ``pad_collate``, ``check.py`` the whole-split
+check behind ``fcnkit data check``. Layer: beside ``models``, above the base, below everything else.
 """
 
 from __future__ import annotations

@@ -1,4 +1,13 @@
-"""Model registry and the ``create_model`` entry point."""
+"""The models: ``create_model``, ``list_models``, the registry and its one-line family descriptions.
+
+What lives where: ``segmenter.py`` (the one forward contract: backbone -> optional neck -> head(s) -> one resize),
+``backbones/`` (``vgg.py`` with the Caffe geometry, ``resnet.py`` with dilation, ``timm.py``), ``heads/``
+(``fcn.py``: FCNHead and the FCN-32s/16s/8s skip head; ``encnet.py``, ``psp.py``, ``aspp.py``), ``necks/jpu.py``
+(FastFCN's JPU and JPU_X), the factories (``vgg_fcn.py``, ``resnet_fcn.py``, ``timm_fcn.py``, ``fastfcn.py``),
+``zoo.py`` (registration, whole-model weights loading, staged init) and ``weights.py`` (published weights as
+data; torchfcn / torchvision key maps). Layer: above the base (registry, config, preprocessing, hub), below
+checkpoint, inference and everything else.
+"""
 
 from __future__ import annotations
 
