@@ -178,6 +178,33 @@ def test_argument_validation():
         SegmentationLoss()({"out": logits[:, :, :3]}, target)
 
 
+def test_from_config_takes_the_loss_section_whole():
+    from fcnkit.config import LossConfig
+
+    logits, target = make_batch(4)
+    cfg = LossConfig(
+        reduction="sum", class_weights=[0.5, 2.0, 1.0, 3.0], label_smoothing=0.1, ohem_thresh=0.7, ohem_min_kept=5
+    )
+    built = SegmentationLoss.from_config(cfg, ignore_index=IGNORE)
+    direct = SegmentationLoss(
+        ignore_index=IGNORE,
+        reduction="sum",
+        class_weights=[0.5, 2.0, 1.0, 3.0],
+        label_smoothing=0.1,
+        ohem_thresh=0.7,
+        ohem_min_kept=5,
+    )
+    assert repr(built) == repr(direct)
+    torch.testing.assert_close(built(logits, target)[0], direct(logits, target)[0])
+    # computed weights replace the section's (which may name the method, "median_frequency")
+    weighted = SegmentationLoss.from_config(LossConfig(class_weights="median_frequency"), class_weights=[1.0, 2.0])
+    assert weighted.class_weights.tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match=r"median_frequency.*computed from the training labels"):
+        SegmentationLoss.from_config(LossConfig(class_weights="median_frequency"))
+    with pytest.raises(ValueError, match="reduction must be one of mean, sum"):
+        SegmentationLoss.from_config(LossConfig(reduction="avg"))  # type: ignore[arg-type]
+
+
 def test_median_frequency_weights():
     # Frequencies over 70 labelled pixels: 1/7, 2/7, 4/7 (class 3 never occurs); median 2/7.
     w = median_frequency_weights([10, 20, 40, 0])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from fcnkit.config import OptimConfig, ScheduleConfig, config_from_dict
+from fcnkit.engine.clock import BudgetClock
 from fcnkit.engine.ema import ModelEMA
 from fcnkit.engine.optim import build_optimizer, build_scheduler, param_groups
 
@@ -205,6 +208,108 @@ def test_scheduler_validation():
         build_scheduler(opt, "poly")
     with pytest.raises(ValueError, match="step_size"):
         build_scheduler(opt, "step")
+
+
+def test_config_sections_build_what_the_keyword_arguments_build():
+    cfg = config_from_dict(
+        {
+            "optim": {
+                "name": "sgd",
+                "lr": 0.1,
+                "momentum": 0.99,
+                "weight_decay": 5e-4,
+                "nesterov": True,
+                "bias_lr_mult": 2,
+                "bias_decay": False,
+                "head_lr_mult": 10,
+            },
+            "schedule": {
+                "name": "poly",
+                "warmup_steps": 3,
+                "warmup_start_factor": 0.01,
+                "power": 2.0,
+                "min_lr_factor": 0.1,
+            },
+        }
+    )
+    a = build_optimizer(ToySegmenter(), cfg.optim)
+    b = build_optimizer(
+        ToySegmenter(),
+        "sgd",
+        lr=0.1,
+        momentum=0.99,
+        weight_decay=5e-4,
+        nesterov=True,
+        bias_lr_mult=2,
+        bias_decay=False,
+        head_lr_mult=10,
+    )
+    settings = ("name", "lr", "lr_mult", "weight_decay", "momentum", "nesterov")
+    assert [[g[k] for k in settings] for g in a.param_groups] == [[g[k] for k in settings] for g in b.param_groups]
+    sched_a = build_scheduler(a, cfg.schedule, total_steps=20)
+    sched_b = build_scheduler(
+        b, "poly", total_steps=20, warmup_steps=3, warmup_start_factor=0.01, power=2.0, min_lr_factor=0.1
+    )
+    for t in range(22):
+        assert [g["lr"] for g in a.param_groups] == [g["lr"] for g in b.param_groups], t
+        warm = 0.01 + 0.99 * t / 3 if t < 3 else 1.0
+        assert a.param_groups[0]["lr"] == pytest.approx(0.1 * warm * (0.1 + 0.9 * (1 - min(t, 20) / 20) ** 2))
+        for opt, sched in ((a, sched_a), (b, sched_b)):
+            opt.step()
+            sched.step()
+    adamw = build_optimizer(ToySegmenter(), OptimConfig(name="adamw", lr=1e-3, betas=[0.8, 0.9]))
+    assert all(g["betas"] == (0.8, 0.9) and g["weight_decay"] in (1e-4, 0.0) for g in adamw.param_groups)
+    with pytest.raises(TypeError, match="lr="):
+        build_optimizer(ToySegmenter(), "sgd")
+    with pytest.raises(TypeError, match="not also"):
+        build_scheduler(a, ScheduleConfig(name="poly"), total_steps=10, power=2.0)
+
+
+def test_budget_schedule_decays_over_the_clock_and_its_state_round_trips():
+    """The lr factor asks the clock for the fraction of the budget spent; nothing writes it into the factor."""
+    opt = build_optimizer(ToySegmenter(), "sgd", lr=0.1)
+    clock = BudgetClock(budget=100.0)
+    sched = build_scheduler(opt, ScheduleConfig(name="cosine", warmup_steps=2), clock=clock)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.001)  # warm-up still counts steps
+    for seconds in (10.0, 25.0, 60.0, 150.0):
+        clock.reset(seconds)  # as if mark() had read these seconds before the step
+        opt.step()
+        sched.step()
+        warm = 0.001 + 0.999 * sched.last_epoch / 2 if sched.last_epoch < 2 else 1.0
+        expected = 0.1 * warm * 0.5 * (1 + math.cos(math.pi * min(1.0, seconds / 100)))
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12), seconds
+    assert clock.out_of_time and opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # the state holds the settings and the step count, not the clock, and loads with weights_only
+    buffer = io.BytesIO()
+    torch.save(sched.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert all("clock" not in d for d in state["lr_lambdas"])
+    other_clock = BudgetClock(budget=100.0, seconds=50.0)
+    opt_b = build_optimizer(ToySegmenter(), "sgd", lr=0.1)
+    restored = build_scheduler(opt_b, ScheduleConfig(name="cosine", warmup_steps=2), clock=other_clock)
+    # a checkpoint of an earlier version holds the budget fraction as "progress": ignored, the clock decides
+    restored.load_state_dict({**state, "lr_lambdas": [{**d, "progress": 0.9} for d in state["lr_lambdas"]]})
+    assert restored.last_epoch == 4 and restored.lr_lambdas[0].clock is other_clock
+    assert not hasattr(restored.lr_lambdas[0], "progress")
+    opt_b.step()
+    restored.step()
+    assert opt_b.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_budget_clock_counts_only_while_running_and_agrees_on_a_reading():
+    clock = BudgetClock(budget=10.0, agree=lambda s: 7.0, seconds=2.0)
+    assert clock.seconds == 2.0 and clock.reading == 2.0 and not clock.running
+    clock.start()
+    assert clock.seconds > 2.0
+    clock.stop()
+    stopped = clock.seconds
+    assert clock.seconds == stopped  # stopped: evaluation does not count
+    assert clock.mark() == 7.0 and clock.fraction_spent() == pytest.approx(0.7) and not clock.out_of_time
+    no_budget = BudgetClock(agree=lambda s: pytest.fail("only a budget needs the ranks to agree"))
+    assert no_budget.mark() == 0.0 and no_budget.fraction_spent() == 0.0 and not no_budget.out_of_time
+    with pytest.raises(ValueError, match="budget"):
+        BudgetClock(budget=0.0)
 
 
 class OneWeight(nn.Module):

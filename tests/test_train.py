@@ -2,8 +2,10 @@
 
 import contextlib
 import json
+import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,22 +22,38 @@ from fcnkit.cli import main
 from fcnkit.config import ConfigError, load_config
 from fcnkit.data import build_dataset
 from fcnkit.engine.evaluate import evaluate
+from fcnkit.engine.runlog import read_run_log
 from fcnkit.engine.train import train
-from fcnkit.errors import TrainingDiverged
+from fcnkit.errors import DataError, TrainingDiverged
 from synthetic_data import make_folder_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "configs").rglob("*.yaml"))
 
 
+def tiny_overrides(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "model.name=fcn8s_timm",
+        "model.options={backbone: resnet18, upsample: bilinear}",
+        "data.name=folder",
+        f"data.root={root}",
+        "data.crop_size=[32, 32]",
+        "data.batch_size=4",
+        "data.workers=0",
+        "optim.name=adamw",
+        "optim.lr=0.003",
+        "optim.weight_decay=0.0",
+        "schedule.name=cosine",
+        "schedule.epochs=2",
+        f"output_dir={out}",
+        "log_every=1",
+        "seed=3",
+        *extra,
+    ]
+
+
 def tiny_config(root: Path, out: Path, *extra: str):
-    overrides = [
-        "model.name=fcn8s_timm", "model.options={backbone: resnet18, upsample: bilinear}",
-        "data.name=folder", f"data.root={root}", "data.crop_size=[32, 32]", "data.batch_size=4", "data.workers=0",
-        "optim.name=adamw", "optim.lr=0.003", "optim.weight_decay=0.0", "schedule.name=cosine", "schedule.epochs=2",
-        f"output_dir={out}", "log_every=1", "seed=3", *extra,
-    ]  # fmt: skip
-    return load_config(None, overrides)
+    return load_config(None, tiny_overrides(root, out, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +90,10 @@ def test_overrides_are_typed_and_base_is_merged(tmp_path):
         load_config(None, ["seed=abc"])
     with pytest.raises(ConfigError, match=r"loss\.reduction must be one of mean, sum"):
         load_config(None, ["loss.reduction=avg"])
+    with pytest.raises(ConfigError, match=r"data\.on_error must be one of raise, skip; got 'ignore'"):
+        load_config(None, ["data.on_error=ignore"])
+    with pytest.raises(ConfigError, match=r"loss\.class_weights: 'median' is not a list of float, 'median_frequency'"):
+        load_config(None, ["loss.class_weights=median"])
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -138,13 +160,34 @@ def test_train_writes_run_dir_and_eval_prints_metrics(folder_data, tmp_path, cap
 
 def test_nan_loss_stops_names_step_and_keeps_last_good_checkpoint(folder_data, tmp_path):
     out = tmp_path / "nan"
-    cfg = tiny_config(folder_data, out, "optim.name=sgd", "optim.lr=1e30", "checkpoint_every=1")
+    # the warm-up makes step 1 a good one (lr 1e30 * 1e-33 = 1e-3), checkpointed; step 2 (lr ~5e29) diverges
+    cfg = tiny_config(
+        folder_data,
+        out,
+        "optim.name=sgd",
+        "optim.lr=1e30",
+        "checkpoint_every=1",
+        "schedule.warmup_steps=2",
+        "schedule.warmup_start_factor=1e-33",
+    )
     with pytest.raises(TrainingDiverged, match=r"(at|after) step \d+ \(epoch 1, ") as info:
         train(cfg)
-    assert "not overwritten" in str(info.value) or "last good checkpoint" in str(info.value)
-    if (out / "last.pth").exists():
-        state = torch.load(out / "last.pth", weights_only=True)["state_dict"]
-        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    message = str(info.value)
+    assert f"the last good checkpoint {out / 'last.pth'} was kept" in message
+    ckpt = torch.load(out / "last.pth", weights_only=True)
+    # a loss at step n or the weights after step n: either way the kept checkpoint is that of step n - 1
+    (diverged,) = re.findall(r"(?:at|after) step (\d+)", message)
+    assert ckpt["progress"]["step"] == int(diverged) - 1 >= 1
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    # a NaN loss before any checkpoint (a NaN class weight: the first loss is NaN) says so instead of naming a file
+    fresh = tiny_config(folder_data, tmp_path / "nan_fresh", "loss.class_weights=[.nan, 1.0, 1.0]")
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"loss became nan at step 1 \(epoch 1, batch 1\); training stopped "
+        r"and no checkpoint was written yet",
+    ):
+        train(fresh)
+    assert not (tmp_path / "nan_fresh" / "last.pth").exists()
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
@@ -206,26 +249,32 @@ def test_torchrun_two_processes_evaluation_equals_single_process(folder_data, tm
 
 def test_data_check_cli_summarises_and_flags_bad_files(folder_data, tmp_path, capsys):
     assert main(["data", "check", "folder", "--root", str(folder_data), "--split", "train"]) == 0
-    out = capsys.readouterr().out
-    assert "12" in out and "box" in out and "disc" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "samples: 12 checked of 12, 0 with errors"  # make_folder_dataset's 12 training images
+    assert "image size (HxW): height 40..40, width 48..48" in lines
+    assert [line.split()[1] for line in lines if re.match(r"\s+[0-2]\s", line)] == ["background", "box", "disc"]
     broken = tmp_path / "broken"
     make_folder_dataset(broken, n_train=3, n_val=1)
     (broken / "images" / "train" / "s001.png").write_bytes(b"not a png")
     assert main(["data", "check", "folder", "--root", str(broken), "--split", "train"]) == 1
-    assert "s001.png" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "samples: 3 checked of 3, 1 with errors"
+    errors = lines[lines.index("errors (1):") + 1 :]
+    assert len(errors) == 1 and f"cannot read image {broken / 'images' / 'train' / 's001.png'}" in errors[0]
 
 
-def test_summed_loss_with_mean_sized_lr_warns(folder_data, tmp_path, capsys):
+def test_summed_loss_with_mean_sized_lr_warns(folder_data, tmp_path, caplog):
     cfg = tiny_config(folder_data, tmp_path / "warn", "loss.reduction=sum", "optim.lr=0.01", "max_steps=1")
     with contextlib.suppress(TrainingDiverged):  # a summed loss at lr 0.01 may well blow up
         train(cfg)
-    assert "a summed loss needs an lr near 1e-10" in capsys.readouterr().out
+    (warning,) = [r for r in caplog.records if r.name == "fcnkit.train" and r.levelno == logging.WARNING]
+    assert "a summed loss needs an lr near 1e-10" in warning.getMessage()
 
 
 def test_median_frequency_weights_from_the_training_labels(folder_data, tmp_path):
     import numpy as np
 
-    from fcnkit.engine.train import _class_weights
+    from fcnkit.engine.run import resolve_class_weights
 
     cfg = tiny_config(folder_data, tmp_path / "mf", "loss.class_weights=median_frequency")
     counts = np.zeros(3)
@@ -234,7 +283,7 @@ def test_median_frequency_weights_from_the_training_labels(folder_data, tmp_path
         counts += np.bincount(label[label != 255].ravel(), minlength=3)[:3]
     freq = counts / counts.sum()
     expected = np.median(freq) / freq  # SegNet's median frequency balancing
-    got = _class_weights(cfg, build_dataset("folder", str(folder_data), "train"))
+    got = resolve_class_weights(cfg, build_dataset("folder", str(folder_data), "train"))
     assert np.allclose(got, expected, rtol=1e-6)
 
 
@@ -266,3 +315,152 @@ def test_time_budget_ends_training_and_completes_the_cosine_schedule(folder_data
     assert train(cfg).steps == result.steps
     with pytest.raises(ConfigError, match="budget_minutes must be > 0"):
         tiny_config(folder_data, out, "schedule.budget_minutes=0")
+
+
+# -------------------------------------------------------------------------------------------- the logs
+
+
+def test_piped_log_shows_the_first_loss_line_while_training_runs(folder_data, tmp_path):
+    """stdout and stderr to a file, as under nohup or CI: the step lines are there as they happen."""
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text("{}\n")
+    log_file = tmp_path / "train.log"
+    args = tiny_overrides(folder_data, tmp_path / "run", "schedule.epochs=3", "pictures=0", "device=cpu")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the flushing is fcnkit's to do
+    env["OMP_NUM_THREADS"] = "1"
+    line = re.compile(
+        r"^step 1/9  epoch 1/3  loss \d\.\d+  lr [\d.e-]+  images/s [\d.]+  elapsed \d\d:\d\d  eta \d\d:\d\d$",
+        re.MULTILINE,
+    )
+    start = time.monotonic()
+    with open(log_file, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fcnkit", "train", str(cfg_file), *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+    try:
+        seen_after = None
+        while proc.poll() is None and time.monotonic() - start < 90:
+            if line.search(log_file.read_text()):
+                seen_after = time.monotonic() - start
+                break
+            time.sleep(0.1)
+        running = proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+    text = log_file.read_text()
+    assert seen_after is not None and running, f"no step line while the process ran; the log:\n{text[-3000:]}"
+    assert seen_after < 60, (seen_after, text[-3000:])
+
+
+def test_progress_lines_without_a_terminal(caplog):
+    from fcnkit.progress import Progress, get_logger
+
+    caplog.set_level(logging.INFO, logger="fcnkit")
+    # a resumed loop: 2 of 10 updates done in 30 s before; a line at once, every 4 updates and at the last one
+    with Progress(10, "step", logger=get_logger("test"), log_every=4, initial=2, elapsed=30.0, bar=False) as p:
+        for i in range(8):
+            p.update(1, {"loss": 0.5, "lr": 0.001}, elapsed=31.0 + i)
+    assert [r.getMessage() for r in caplog.records if r.name == "fcnkit.test"] == [
+        "step 3/10  loss 0.5  lr 0.001  elapsed 00:31  eta 00:07",
+        "step 4/10  loss 0.5  lr 0.001  elapsed 00:32  eta 00:06",
+        "step 8/10  loss 0.5  lr 0.001  elapsed 00:36  eta 00:02",
+        "step 10/10  loss 0.5  lr 0.001  elapsed 00:38  eta 00:00",
+    ]
+
+
+def test_fcnkit_logs_reach_stderr_when_logging_is_not_set_up(capsys):
+    from fcnkit.progress import ensure_handler, get_logger
+
+    root, logger = logging.getLogger(), get_logger()
+    saved = root.handlers[:], logger.handlers[:], logger.level
+    root.handlers.clear()  # as in a script that never configured logging
+    logger.handlers.clear()
+    logger.setLevel(logging.NOTSET)
+    try:
+        ensure_handler()
+        ensure_handler()  # once only
+        get_logger("train").info("step 1/6  loss 1.1")
+        assert capsys.readouterr().err == "step 1/6  loss 1.1\n" and len(logger.handlers) == 1
+        root.addHandler(logging.NullHandler())  # an application that configured logging keeps its choice
+        logger.handlers.clear()
+        ensure_handler()
+        assert logger.handlers == []
+    finally:
+        root.handlers[:], logger.handlers[:] = saved[0], saved[1]
+        logger.setLevel(saved[2])
+
+
+# ------------------------------------------------------------------------------------- unreadable files
+
+
+@pytest.fixture(scope="module")
+def data_with_bad_image(tmp_path_factory):
+    root = make_folder_dataset(tmp_path_factory.mktemp("bad_image"))
+    bad = root / "images" / "train" / "s005.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage, not an image")
+    return root, bad
+
+
+def test_unreadable_image_raises_naming_the_file_and_the_check_command(data_with_bad_image, tmp_path):
+    root, bad = data_with_bad_image
+    cfg = tiny_config(root, tmp_path / "raise", "schedule.epochs=1", "pictures=0", "eval_every=0")
+    assert cfg.data.on_error == "raise"  # the default
+    with pytest.raises(DataError) as info:
+        train(cfg)
+    assert str(bad) in str(info.value)
+    assert f"fcnkit data check folder --root {root} --split train" in str(info.value)
+    # the same from a loader worker process
+    cfg = tiny_config(root, tmp_path / "raise_workers", "schedule.epochs=1", "pictures=0", "data.workers=1")
+    with pytest.raises(DataError, match=re.escape(str(bad))) as info:
+        train(cfg)
+    assert "fcnkit data check folder" in str(info.value)
+
+
+def test_unreadable_image_is_skipped_named_and_resume_stays_exact(data_with_bad_image, tmp_path, caplog):
+    root, bad = data_with_bad_image
+    caplog.set_level(logging.INFO, logger="fcnkit")
+    common = ("data.on_error=skip", "data.workers=2", "pictures=0", "eval_every=0", "deterministic=true")
+    out = tmp_path / "skip"
+    result = train(tiny_config(root, out, *common))
+    assert result.steps == 6  # 3 batches of 4 per epoch, the batch with the bad file trained on the other 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if str(bad) in w]) == 1  # once per file, not once per epoch
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if "skipped_samples" in r]
+    assert [(r["epoch"], r["skipped_samples"]) for r in skipped] == [(1, [str(bad)]), (2, [str(bad)])]
+    train_records, val_records = read_run_log(out / "metrics.jsonl")  # the reader takes the new record kind
+    assert [r["step"] for r in train_records] == list(range(1, 7)) and len(val_records) == 1
+    ckpt = torch.load(out / "last.pth", weights_only=True)
+    assert ckpt["progress"]["images_seen"] == 2 * (12 - 1)
+    # stopped after step 2 (mid-epoch, worker processes) and resumed: the same weights as without a stop
+    split = tmp_path / "split"
+    assert train(tiny_config(root, split, *common, "max_steps=2")).steps == 2
+    assert train(tiny_config(root, split, *common)).steps == 6
+    resumed = torch.load(split / "last.pth", weights_only=True)
+    assert resumed["progress"]["images_seen"] == ckpt["progress"]["images_seen"]
+    for name, tensor in ckpt["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
+
+
+def test_a_batch_of_unreadable_samples_only_is_left_out(tmp_path):
+    root = make_folder_dataset(tmp_path / "data", n_train=4, n_val=1)
+    (root / "images" / "train" / "s001.png").write_bytes(b"not a png")
+    # batches of one sample (64 x 64 crops, so that BatchNorm still sees 2 x 2 values at stride 32)
+    cfg = tiny_config(
+        root,
+        tmp_path / "run",
+        "data.on_error=skip",
+        "data.batch_size=1",
+        "data.crop_size=[64, 64]",
+        "schedule.epochs=1",
+        "pictures=0",
+        "eval_every=0",
+    )
+    result = train(cfg)
+    assert result.steps == 3  # 4 batches of one sample, one of them unreadable: 3 optimiser steps
+    assert torch.load(tmp_path / "run" / "last.pth", weights_only=True)["progress"]["images_seen"] == 3

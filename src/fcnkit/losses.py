@@ -121,8 +121,9 @@ class SegmentationLoss(nn.Module):
                 f"loss.class_weights={configured!r} is computed from the training labels: pass the weights "
                 "(e.g. median_frequency_weights of the class pixel counts) as class_weights"
             )
-        return cls(ignore_index=ignore_index, class_weights=configured if class_weights is None else class_weights,
-                   **settings)
+        return cls(
+            ignore_index=ignore_index, class_weights=configured if class_weights is None else class_weights, **settings
+        )
 
     def extra_repr(self) -> str:
         return (

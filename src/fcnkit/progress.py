@@ -81,6 +81,10 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
 
+def _is_console(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr)
+
+
 def _format_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -90,9 +94,10 @@ class Progress:
 
     Args:
         total: number of updates the loop makes in all, when known.
-        desc: what is counted; it starts each line (``"step 40/600 ..."``) and labels the bar.
+        desc: the loop's name; it starts each line (``"step 40/600 ..."``) and labels the bar.
+        unit: what is counted, for the bar's rate (``"step/s"``).
         logger: where the lines go (INFO); ``"fcnkit"`` by default.
-        log_every: without a terminal, a line every this many updates (and at the last one).
+        log_every: without a terminal, a line every this many updates (and at the first and the last).
         initial: updates already made (a resumed run); the count continues from there.
         elapsed: seconds already spent before this call (a resumed run's training clock).
         enabled: ``False`` shows nothing (e.g. every rank but the first).
@@ -106,6 +111,7 @@ class Progress:
         total: int | None,
         desc: str,
         *,
+        unit: str = "it",
         logger: logging.Logger | None = None,
         log_every: int = 1,
         initial: int = 0,
@@ -117,14 +123,16 @@ class Progress:
         self.logger = logger or get_logger()
         self.log_every = max(1, int(log_every))
         self.enabled = enabled
-        self._initial, self._elapsed0, self._start = initial, elapsed, time.perf_counter()
+        self.initial, self._elapsed0, self._start = initial, elapsed, time.perf_counter()
         self._bar: tqdm | None = None
         self._redirect: contextlib.ExitStack | None = None
         if enabled and (stderr_is_terminal() if bar is None else bar):
             self._redirect = contextlib.ExitStack()
-            # records logged while the bar is shown are written above it, not through it
-            self._redirect.enter_context(logging_redirect_tqdm([logging.getLogger(), get_logger()]))
-            self._bar = tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, dynamic_ncols=True)
+            # records logged while the bar is shown are written above it, not through it (tqdm puts its handler
+            # on every logger it is given: only those with a console handler of their own)
+            consoles = [lg for lg in (logging.getLogger(), get_logger()) if any(map(_is_console, lg.handlers))]
+            self._redirect.enter_context(logging_redirect_tqdm(consoles))
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
     @property
     def uses_bar(self) -> bool:
@@ -145,8 +153,8 @@ class Progress:
             elapsed: seconds spent so far in all (default: ``elapsed`` of the constructor plus the wall-clock
                 since then). A loop whose pauses should not count (evaluation) passes its own clock.
             eta: seconds left (default: from the rate of this call's updates, when ``total`` is known).
-            log: without a terminal, whether to write a line now (default: every ``log_every`` updates and at
-                the last one).
+            log: without a terminal, whether to write a line now (default: at the first update of this call,
+                every ``log_every`` updates and at the last one).
         """
         self.count += n
         if not self.enabled:
@@ -157,13 +165,13 @@ class Progress:
             self._bar.update(n)
             return
         if log is None:
-            log = self.count % self.log_every == 0 or self.count == self.total
+            log = self.count - n == self.initial or self.count % self.log_every == 0 or self.count == self.total
         if not log:
             return
         if elapsed is None:
             elapsed = self._elapsed0 + time.perf_counter() - self._start
-        if eta is None and self.total is not None and self.count > self._initial:
-            eta = (elapsed - self._elapsed0) / (self.count - self._initial) * max(0, self.total - self.count)
+        if eta is None and self.total is not None and self.count > self.initial:
+            eta = (elapsed - self._elapsed0) / (self.count - self.initial) * max(0, self.total - self.count)
         head = f"{self.desc} {self.count}" + (f"/{self.total}" if self.total is not None else "")
         parts = [head, *(f"{k} {_format_value(v)}" for k, v in values.items()), f"elapsed {format_duration(elapsed)}"]
         if eta is not None:
@@ -172,11 +180,14 @@ class Progress:
 
     def write(self, message: str, file: TextIO | None = None) -> None:
         """Print ``message`` (stderr by default) without breaking the bar."""
-        file = file or sys.stderr
-        if self._bar is not None:
-            self._bar.write(message, file=file)
-        else:
-            print(message, file=file, flush=True)
+        with self.suspended():
+            print(message, file=file or sys.stderr, flush=True)
+
+    def suspended(self) -> contextlib.AbstractContextManager[Any]:
+        """A block that may print freely: the bar is cleared first and drawn again after it."""
+        if self._bar is None:
+            return contextlib.nullcontext()
+        return self._bar.external_write_mode(file=sys.stderr)
 
     def close(self) -> None:
         if self._bar is not None:

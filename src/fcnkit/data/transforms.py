@@ -21,6 +21,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from fcnkit.config import DataConfig
+from fcnkit.errors import ConfigError, DataError
 from fcnkit.preprocessing import Preprocessing
 from fcnkit.utils import as_pair
 
@@ -76,11 +77,11 @@ class TrainTransform:
         generator: torch.Generator | None = None,
     ) -> None:
         if scale_range is not None and not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
+            raise ConfigError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
         if not 0.0 <= hflip <= 1.0:
-            raise ValueError(f"hflip is a probability in [0, 1], got {hflip}")
+            raise ConfigError(f"hflip is a probability in [0, 1], got {hflip}")
         if not 0.0 <= color_jitter < 1.0:
-            raise ValueError(f"color_jitter must be in [0, 1), got {color_jitter}")
+            raise ConfigError(f"color_jitter must be in [0, 1), got {color_jitter}")
         self.preprocessing = preprocessing
         self.crop_size = None if crop_size is None else as_pair(crop_size)
         self.scale_range = scale_range
@@ -114,7 +115,7 @@ class TrainTransform:
     def __call__(self, sample: Sample) -> Sample:
         image, label = sample["image"], sample.get("label")
         if label is None:
-            raise ValueError(f"TrainTransform needs a labelled sample; {sample.get('name')!r} has no label")
+            raise DataError(f"TrainTransform needs a labelled sample; {sample.get('name')!r} has no label")
         image, label = self._rescale(image, label)
 
         h, w = image.shape[-2:]

@@ -13,8 +13,9 @@ from ..config import InferenceConfig
 from ..data import EvalTransform, pad_collate
 from ..inference import infer_logits, is_plain
 from ..metrics import ConfusionMatrix, SegMetrics
+from ..progress import Progress, get_logger
+from ..utils import eval_mode
 from .distributed import DistInfo, shard_indices
-from .progress import Progress
 
 
 class _Transformed(Dataset):
@@ -28,8 +29,9 @@ class _Transformed(Dataset):
         return self.transform(self.base[i])
 
 
-def eval_loader(dataset: Dataset, model: nn.Module, batch_size: int = 1, workers: int = 0,
-                dist_info: DistInfo | None = None) -> DataLoader:  # fmt: skip
+def eval_loader(
+    dataset: Dataset, model: nn.Module, batch_size: int = 1, workers: int = 0, dist_info: DistInfo | None = None
+) -> DataLoader:
     """Loader over this rank's share of ``dataset``, normalised with the model's preprocessing."""
     data = _Transformed(dataset, EvalTransform(model.preprocessing))
     if dist_info is not None and dist_info.enabled:
@@ -39,8 +41,9 @@ def eval_loader(dataset: Dataset, model: nn.Module, batch_size: int = 1, workers
 
 
 @torch.inference_mode()
-def predict_batch(model: nn.Module, images: Tensor, amp_dtype: torch.dtype | None = None,
-                  inference: InferenceConfig | None = None) -> Tensor:  # fmt: skip
+def predict_batch(
+    model: nn.Module, images: Tensor, amp_dtype: torch.dtype | None = None, inference: InferenceConfig | None = None
+) -> Tensor:
     """Logits ``(B, C, H, W)`` in float32 for a batch of normalised images ``(B, 3, H, W)``."""
     device_type = images.device.type
     with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -70,29 +73,35 @@ def evaluate(
 
     ``inference`` selects multi-scale / flip / sliding-window evaluation (:func:`fcnkit.inference.infer_logits`);
     those run image by image at each image's own size, so their batch size only affects loading.
+
+    ``show_progress``: a bar on a terminal, else a log line (``"fcnkit.eval"``) every tenth of the batches.
     """
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
     cm = ConfusionMatrix(dataset.num_classes, dataset.ignore_index, device=device)
     loader = eval_loader(dataset, model, batch_size, workers, dist_info)
-    progress = Progress(len(loader), "eval", enabled=show_progress)
-    for batch in loader:
-        images = batch["image"].to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = batch["label"].to(device)
-        if is_plain(inference):
-            pred = predict_batch(model, images, amp_dtype).argmax(1)
-            for i, (h, w) in enumerate(batch["size"]):
-                cm.update(pred[i, :h, :w], labels[i, :h, :w])
-        else:
-            for i, (h, w) in enumerate(batch["size"]):
-                pred_i = predict_batch(model, images[i : i + 1, :, :h, :w], amp_dtype, inference).argmax(1)[0]
-                cm.update(pred_i, labels[i, :h, :w])
-        progress.update()
-    progress.close()
+    progress = Progress(
+        len(loader),
+        "eval",
+        unit="batch",
+        logger=get_logger("eval"),
+        log_every=max(1, len(loader) // 10),
+        enabled=show_progress,
+    )
+    with eval_mode(model), progress:
+        for batch in loader:
+            images = batch["image"].to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = batch["label"].to(device)
+            if is_plain(inference):
+                pred = predict_batch(model, images, amp_dtype).argmax(1)
+                for i, (h, w) in enumerate(batch["size"]):
+                    cm.update(pred[i, :h, :w], labels[i, :h, :w])
+            else:
+                for i, (h, w) in enumerate(batch["size"]):
+                    pred_i = predict_batch(model, images[i : i + 1, :, :h, :w], amp_dtype, inference).argmax(1)[0]
+                    cm.update(pred_i, labels[i, :h, :w])
+            progress.update()
     if dist_info is not None and dist_info.enabled:
         cm.all_reduce()
-    model.train(was_training)
     return cm.compute()

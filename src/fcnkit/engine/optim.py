@@ -168,8 +168,16 @@ def build_optimizer(
     o = optim
     if o.name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {o.name!r}; valid: {', '.join(OPTIMIZERS)}")
-    groups = param_groups(model, o.lr, o.weight_decay, bias_lr_mult=o.bias_lr_mult, bias_decay=o.bias_decay,
-                          norm_decay=o.norm_decay, head_lr_mult=o.head_lr_mult, head_names=head_names)
+    groups = param_groups(
+        model,
+        o.lr,
+        o.weight_decay,
+        bias_lr_mult=o.bias_lr_mult,
+        bias_decay=o.bias_decay,
+        norm_decay=o.norm_decay,
+        head_lr_mult=o.head_lr_mult,
+        head_names=head_names,
+    )
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
     if o.nesterov:

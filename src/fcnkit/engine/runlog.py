@@ -1,8 +1,9 @@
 """A run's ``metrics.jsonl``: one JSON object per line, appended as training goes, read back for the plots.
 
 Training records carry ``step``, ``epoch``, ``lr``, ``loss_*``, ``images_per_s`` and ``train_minutes``;
-evaluation records ``step``, ``epoch``, ``train_minutes`` and ``val`` (the metrics as a dict). The writer and
-the reader live together here so the format has one owner.
+evaluation records ``step``, ``epoch``, ``train_minutes`` and ``val`` (the metrics as a dict). With
+``data.on_error: skip``, an epoch that left unreadable samples out adds ``step``, ``epoch`` and
+``skipped_samples`` (their files). The writer and the reader live together here so the format has one owner.
 """
 
 from __future__ import annotations
@@ -50,5 +51,5 @@ def read_run_log(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             val[step] = record
         elif "loss_total" in record or "lr" in record:
             train[step] = record
-        # other record kinds (none today) are left alone rather than refused, so old plots keep working
+        # skipped_samples records, and kinds added later, are left alone rather than refused: they are no curve
     return [train[s] for s in sorted(train)], [val[s] for s in sorted(val)]
