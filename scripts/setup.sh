@@ -12,7 +12,7 @@ stamp=$(cat constraints.txt pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.fcnkit-installed 2>/dev/null)" != "$stamp" ]; then
   echo "installing fcnkit and its pinned dependencies into .venv (a few minutes the first time) ..."
   .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import fcnkit" # fails loudly if the install did not work
+  # fails loudly if the install did not work
+  .venv/bin/python -c "import torch, torchvision, fcnkit; print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, fcnkit {fcnkit.__version__}')"
   echo "$stamp" > .venv/.fcnkit-installed
 fi
-.venv/bin/python -c "import torch, torchvision, fcnkit; print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, fcnkit {fcnkit.__version__}')"

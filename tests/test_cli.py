@@ -53,7 +53,7 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_unsafe_and_truncated_checkpoints_are_one_line_errors(tmp_path):
+def test_unsafe_and_truncated_checkpoints_are_one_line_errors(tmp_path, capsys):
     image = tmp_path / "img.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
     marker = tmp_path / "payload_ran"
@@ -67,13 +67,17 @@ def test_unsafe_and_truncated_checkpoints_are_one_line_errors(tmp_path):
         "truncated.pth": r"\S*truncated\.pth is truncated or not a PyTorch file",
         "notes.pth": r"\S*notes\.pth is (truncated or )?not a PyTorch file",
     }
-    for name, pattern in expected.items():
-        done = _run_fcnkit("predict", str(tmp_path / name), str(image), "--out", str(tmp_path / "out"), cwd=tmp_path)
-        assert done.returncode == 2, (name, done.stderr)
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Traceback" not in done.stderr, (name, done.stderr)
-        assert re.fullmatch(r"fcnkit: error: " + pattern + r".*", lines[0]), (name, lines[0])
+    # The malicious file end to end, as a user runs it: stderr is that one line, no traceback, no warning.
+    done = _run_fcnkit("predict", str(tmp_path / "evil.pth"), str(image), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"fcnkit: error: " + expected["evil.pth"] + r".*", lines[0]), lines
     assert not marker.exists()  # refused before anything ran
+    for name, pattern in expected.items():  # the same three files in-process: one line each, exit status 2
+        assert main(["predict", str(tmp_path / name), str(image), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.fullmatch(r"fcnkit: error: " + pattern + r".*", err[0]), (name, err)
+    assert not marker.exists()
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch):

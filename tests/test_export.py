@@ -63,8 +63,7 @@ def resnet(tmp_path_factory):
     return model, path, report
 
 
-@pytest.mark.parametrize("name", ["vgg", "resnet"])
-@pytest.mark.slow
+@pytest.mark.parametrize("name", [pytest.param("vgg", marks=pytest.mark.slow), "resnet"])
 def test_parity_at_export_size_and_odd_size(name, request):
     _, _, report = request.getfixturevalue(name)
     assert [c.size for c in report.checks] == ([(64, 80), (45, 131)] if name == "vgg" else [(48, 64), (37, 91)])
@@ -85,7 +84,7 @@ def test_dynamic_batch_with_plain_onnxruntime(resnet):
     assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.999
 
 
-@pytest.mark.parametrize("name", ["vgg", "resnet"])
+@pytest.mark.parametrize("name", [pytest.param("vgg", marks=pytest.mark.slow), "resnet"])
 def test_graph_has_one_dynamic_input_and_only_out(name, request):
     _, path, report = request.getfixturevalue(name)
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -168,6 +167,7 @@ class _TinyNet(torch.nn.Module):
         return {"out": F.interpolate(self.conv(x), size=x.shape[-2:], mode="bilinear"), "aux": x}
 
 
+@pytest.mark.slow
 def test_static_export_and_opset_checks(tmp_path):
     model = _TinyNet().eval()
     report = export_onnx(model, tmp_path / "static.onnx", sample_size=(20, 28), batch=2, dynamic=False, opset=18)

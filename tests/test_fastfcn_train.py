@@ -25,6 +25,7 @@ def _run(data, out, *overrides):
     return result, [r for r in records if "loss_total" in r]
 
 
+@pytest.mark.slow
 def test_encnet_jpu_with_aux_and_se_loss_trains(data, tmp_path):
     result, steps = _run(
         data, tmp_path / "all_on", "model.name=enc_resnet50_jpu", "model.options={aux: true, se_loss: true}",
@@ -37,6 +38,7 @@ def test_encnet_jpu_with_aux_and_se_loss_trains(data, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["enc_resnet50_d8", "psp_resnet50_d8", "deeplabv3_resnet50_d8"])
+@pytest.mark.slow
 def test_dilated_baselines_train_with_everything_off(data, tmp_path, name):
     options = "{aux: false, se_loss: false}" if name.startswith("enc") else "{aux: false}"
     result, steps = _run(data, tmp_path / name, f"model.name={name}", f"model.options={options}")

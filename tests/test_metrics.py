@@ -208,6 +208,7 @@ dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo")
+@pytest.mark.slow
 def test_all_reduce_two_real_processes(tmp_path):
     out = tmp_path / "matrix.pt"
     procs = [

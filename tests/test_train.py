@@ -195,6 +195,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fcnkit", *args], env=env, cwd=REPO, **kwargs)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(folder_data, tmp_path):
     common = ["model.name=fcn8s_timm", "model.options={backbone: resnet18, upsample: bilinear}", "data.name=folder",
               f"data.root={folder_data}", "data.crop_size=[32, 32]", "data.batch_size=2", "data.workers=0",
@@ -227,6 +228,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(folder_data, tmp_path):
         assert torch.equal(tensor, b["ema"]["module"][name]), name
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_evaluation_equals_single_process(folder_data, tmp_path):
     out = tmp_path / "ddp"
     cfg_file = tmp_path / "cfg.yaml"
@@ -287,6 +289,7 @@ def test_median_frequency_weights_from_the_training_labels(folder_data, tmp_path
     assert np.allclose(got, expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_time_budget_ends_training_and_completes_the_cosine_schedule(folder_data, tmp_path):
     out = tmp_path / "budget"
     budget_s = 6.0
@@ -421,6 +424,7 @@ def test_unreadable_image_raises_naming_the_file_and_the_check_command(data_with
     assert "fcnkit data check folder" in str(info.value)
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_skipped_named_and_resume_stays_exact(data_with_bad_image, tmp_path, caplog):
     root, bad = data_with_bad_image
     caplog.set_level(logging.INFO, logger="fcnkit")

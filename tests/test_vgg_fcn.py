@@ -79,6 +79,7 @@ def test_torchfcn_checkpoint_file_loads_via_weights(tmp_path):
         assert (model(x)["out"] - ref(x)).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_score_layers_start_at_zero_and_deconvs_are_frozen_bilinear():
     model = fcnkit.create_model("fcn8s_vgg16", num_classes=3)
     head = model.classifier
@@ -168,6 +169,7 @@ def test_vgg16_bn_import(tmp_path):
         fcnkit.create_model("fcn8s_vgg16", backbone_weights=path)
 
 
+@pytest.mark.slow
 def test_caffe_vgg16_file_keeps_caffe_preprocessing(tmp_path):
     """A file named like the declared Caffe VGG16 conversion gets its BGR / 0-255 preprocessing."""
     path = tmp_path / "vgg16_from_caffe.pth"
