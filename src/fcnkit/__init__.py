@@ -8,7 +8,7 @@ Layers, top to bottom; each imports only those below it (an import-linter contra
 * ``inference``: model specs, test-time augmentation, ``Predictor``, ``optimize_for_inference``;
 * ``export``: ONNX export and ONNX Runtime models;
 * ``checkpoint``, ``losses``, ``metrics``, ``visualize``; below them ``models`` and ``data``;
-* the base: ``registry``, ``config``, ``preprocessing``, ``hub``, ``errors``, ``utils``, ``version``.
+* the base: ``config``, ``hub``, ``preprocessing``; ``registry``, ``utils``, ``progress``, ``version``; ``errors``.
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint
