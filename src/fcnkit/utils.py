@@ -16,7 +16,10 @@ from torch import Tensor, nn
 
 from .errors import ConfigError, MissingDependencyError
 
-__all__ = ["Parity", "as_pair", "compare_logits", "eval_mode", "require", "resolve_device"]
+__all__ = ["AMP_DTYPES", "Parity", "as_pair", "compare_logits", "eval_mode", "require", "resolve_device"]
+
+#: The autocast dtype of each mixed-precision mode (training's ``amp``, ``optimize_for_inference(amp=...)``).
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

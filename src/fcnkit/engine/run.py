@@ -26,7 +26,7 @@ from ..errors import ConfigError, DataError
 from ..losses import SegmentationLoss, median_frequency_weights
 from ..models import create_model
 from ..progress import get_logger
-from ..utils import resolve_device
+from ..utils import AMP_DTYPES, resolve_device
 from .clock import BudgetClock
 from .distributed import DistInfo, ResumableSampler, broadcast_from_main, init_distributed
 from .ema import ModelEMA
@@ -186,7 +186,7 @@ def _amp_dtype(amp: AmpMode, device: torch.device) -> torch.dtype | None:
         return None
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("amp: fp16 needs CUDA; use bf16 on CPU")
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+    return AMP_DTYPES[amp]
 
 
 def resolve_class_weights(cfg: TrainConfig, dataset: SegmentationDataset) -> list[float] | None:

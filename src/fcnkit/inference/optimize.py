@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..errors import ConfigError
-from ..utils import compare_logits, eval_mode
+from ..utils import AMP_DTYPES, compare_logits, eval_mode
 
 __all__ = ["OptimizedModel", "fold_batchnorm", "optimize_for_inference", "optimized_or_plain"]
 
@@ -166,8 +166,8 @@ def optimize_for_inference(
     """
     if backend not in ("torch", "onnxruntime"):
         raise ConfigError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
-    if amp not in (None, "bf16", "fp16"):
-        raise ConfigError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ConfigError(f"amp must be None or one of {', '.join(AMP_DTYPES)}, got {amp!r}")
     source = model
     device = next(source.parameters()).device
     report = OptimizeReport()
@@ -179,7 +179,7 @@ def optimize_for_inference(
             report.skipped += [f"fold_bn:{name}" for name in skipped]
         if channels_last is None:
             channels_last = device.type == "cuda"
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[amp]
+        amp_dtype = AMP_DTYPES.get(amp) if amp is not None else None
         runner: Any = work
         if backend == "onnxruntime":
             if channels_last or amp or compile:
