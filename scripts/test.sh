@@ -11,5 +11,5 @@ for a in "$@"; do
 done
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/lint-imports
+.venv/bin/lint-imports --no-logo
 .venv/bin/python -m pytest -q "${args[@]}"

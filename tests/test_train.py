@@ -376,6 +376,18 @@ def test_progress_lines_without_a_terminal(caplog):
     ]
 
 
+def test_progress_lines_keep_a_minimum_interval(caplog):
+    from fcnkit.progress import Progress, get_logger
+
+    caplog.set_level(logging.INFO, logger="fcnkit")
+    # a fast loop of 50 updates with a line due at every one: only the first and the last are written
+    with Progress(50, "predict", logger=get_logger("quick"), log_every=1, min_interval=3600, bar=False) as p:
+        for _ in range(50):
+            p.update()
+    lines = [r.getMessage() for r in caplog.records if r.name == "fcnkit.quick"]
+    assert [line.split("  ")[0] for line in lines] == ["predict 1/50", "predict 50/50"]
+
+
 def test_fcnkit_logs_reach_stderr_when_logging_is_not_set_up(capsys):
     from fcnkit.progress import ensure_handler, get_logger
 

@@ -98,6 +98,8 @@ class Progress:
         unit: what is counted, for the bar's rate (``"step/s"``).
         logger: where the lines go (INFO); ``"fcnkit"`` by default.
         log_every: without a terminal, a line every this many updates (and at the first and the last).
+        min_interval: without a terminal, at least this many seconds between two lines (the first and the last
+            line excepted), so that a loop which turns out fast does not fill a log with lines.
         initial: updates already made (a resumed run); the count continues from there.
         elapsed: seconds already spent before this call (a resumed run's training clock).
         enabled: ``False`` shows nothing (e.g. every rank but the first).
@@ -114,6 +116,7 @@ class Progress:
         unit: str = "it",
         logger: logging.Logger | None = None,
         log_every: int = 1,
+        min_interval: float = 0.0,
         initial: int = 0,
         elapsed: float = 0.0,
         enabled: bool = True,
@@ -122,6 +125,7 @@ class Progress:
         self.total, self.desc, self.count = total, desc, initial
         self.logger = logger or get_logger()
         self.log_every = max(1, int(log_every))
+        self.min_interval, self._last_line = float(min_interval), -float("inf")
         self.enabled = enabled
         self.initial, self._elapsed0, self._start = initial, elapsed, time.perf_counter()
         self._bar: tqdm | None = None
@@ -165,9 +169,12 @@ class Progress:
             self._bar.update(n)
             return
         if log is None:
-            log = self.count - n == self.initial or self.count % self.log_every == 0 or self.count == self.total
+            first, last = self.count - n == self.initial, self.count == self.total
+            due = self.count % self.log_every == 0 and time.perf_counter() - self._last_line >= self.min_interval
+            log = first or last or due
         if not log:
             return
+        self._last_line = time.perf_counter()
         if elapsed is None:
             elapsed = self._elapsed0 + time.perf_counter() - self._start
         if eta is None and self.total is not None and self.count > self.initial:

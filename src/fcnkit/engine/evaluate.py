@@ -85,6 +85,7 @@ def evaluate(
         unit="batch",
         logger=get_logger("eval"),
         log_every=max(1, len(loader) // 10),
+        min_interval=10.0,
         enabled=show_progress,
     )
     with eval_mode(model), progress:

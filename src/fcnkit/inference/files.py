@@ -83,6 +83,7 @@ def predict_files(
         unit="image",
         logger=get_logger("predict"),
         log_every=max(1, (total or 500) // 10),
+        min_interval=10.0,
         enabled=show_progress,
     )
     with progress:
