@@ -463,6 +463,7 @@ def test_unreadable_image_is_skipped_named_and_resume_stays_exact(data_with_bad_
         assert torch.equal(tensor, resumed["state_dict"][name]), name
 
 
+@pytest.mark.slow
 def test_a_batch_of_unreadable_samples_only_is_left_out(tmp_path):
     root = make_folder_dataset(tmp_path / "data", n_train=4, n_val=1)
     (root / "images" / "train" / "s001.png").write_bytes(b"not a png")
