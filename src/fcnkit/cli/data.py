@@ -1,24 +1,65 @@
-"""``fcnkit data check``: every bad file of a split at once, with class frequencies."""
+"""``fcnkit data check``: every bad file of one or more splits at once, class frequencies, and groups that
+leak between splits."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..data import build_dataset, check_dataset
+from ..config import parse_override
+from ..data import build_dataset, check_dataset, shared_groups
+
+
+def _options(texts: list[str]) -> dict:
+    """``key=value`` dataset options, values read as YAML (``exclude_groups=[0006R0]``)."""
+    options = {}
+    for text in texts:
+        path, value = parse_override(text)
+        options[".".join(path)] = value
+    return options
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    dataset = build_dataset(args.name, args.root, args.split)
-    report = check_dataset(dataset, max_samples=args.max_samples)
-    print(report.format(list(dataset.classes)))
-    return 1 if report.errors else 0
+    splits = args.split or ["train"]
+    options = _options(args.option)
+    datasets = {split: build_dataset(args.name, args.root, split, **options) for split in splits}
+    failed = False
+    for split, dataset in datasets.items():
+        if len(splits) > 1:
+            print(f"== {args.name} {split}")
+        report = check_dataset(dataset, max_samples=args.max_samples)
+        print(report.format(list(dataset.classes)))
+        failed |= bool(report.errors)
+    names = list(datasets)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            leaking = shared_groups(datasets[a], datasets[b])
+            if leaking:
+                print(
+                    f"warning: splits {a!r} and {b!r} share {len(leaking)} group(s): {', '.join(leaking)}. Samples of "
+                    "one group (frames of one video or drive) are near-copies: a score on one split measures memory "
+                    "of the other. Hold out whole groups (dataset options groups / exclude_groups).",
+                    file=sys.stderr,
+                )
+    return 1 if failed else 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    p = data.add_parser("check", help="validate a dataset: pairs, sizes, label values, class frequencies")
+    p = data.add_parser(
+        "check", help="validate a dataset: pairs, sizes, label values, class frequencies, groups shared by splits"
+    )
     p.add_argument("name", help="dataset name, e.g. camvid, voc2012, folder")
     p.add_argument("--root", required=True)
-    p.add_argument("--split", default="train")
+    p.add_argument(
+        "--split", action="append", help="a split (repeat to check several and compare their groups; default train)"
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dataset option, e.g. --option exclude_groups=[0006R0] (repeatable)",
+    )
     p.add_argument("--max-samples", type=int)
     p.set_defaults(func=cmd_data_check)

@@ -21,7 +21,7 @@ from fcnkit.data import cityscapes as _cityscapes  # noqa: F401  (registers city
 from fcnkit.data import folder as _folder  # noqa: F401  (registers folder)
 from fcnkit.data import pcontext as _pcontext  # noqa: F401  (registers pascal_context)
 from fcnkit.data import voc as _voc  # noqa: F401  (registers voc2012, sbd, voc_trainaug, seg11valid)
-from fcnkit.data.base import DATASETS, SampleFiles, SegmentationDataset, voc_palette
+from fcnkit.data.base import DATASETS, SampleFiles, SegmentationDataset, select_groups, shared_groups, voc_palette
 from fcnkit.data.check import DatasetReport, check_dataset
 from fcnkit.data.io import DataError, PathLike, read_image, read_label
 from fcnkit.data.transforms import EvalTransform, TrainTransform, pad_collate
@@ -55,5 +55,7 @@ __all__ = [
     "pad_collate",
     "read_image",
     "read_label",
+    "select_groups",
+    "shared_groups",
     "voc_palette",
 ]

@@ -7,6 +7,7 @@ returns a :class:`SegmentationDataset`; the reading, checking and error messages
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,11 +28,17 @@ Transform = Callable[[Sample], Sample]
 
 
 class SampleFiles(NamedTuple):
-    """Where one sample lives: its image, its label (None for unlabelled data) and a short name."""
+    """Where one sample lives: its image, its label (None for unlabelled data), a short name and its group.
+
+    ``group`` names what the sample must not be separated from when data is split: the video, drive, scene or
+    patient it comes from (frames of one drive are near-copies of each other; a validation frame whose
+    neighbours are in the training set measures memory, not generalisation). None when the dataset does not know.
+    """
 
     image: Path
     label: Path | None
     name: str
+    group: str | None = None
 
 
 def voc_palette(n: int = 256) -> list[RGB]:
@@ -105,6 +112,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def group_counts(self) -> dict[str, int]:
+        """Samples per group, sorted by group name (empty when the dataset assigns no groups)."""
+        return dict(sorted(Counter(s.group for s in self.samples if s.group is not None).items()))
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -167,6 +178,50 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 "orientation tag that the label lacks (images are read upright, as viewers show them)"
             )
         return msg
+
+
+def select_groups(
+    samples: Sequence[SampleFiles],
+    groups: Sequence[str] | None = None,
+    exclude_groups: Sequence[str] | None = None,
+    where: str = "",
+) -> list[SampleFiles]:
+    """The samples of ``groups`` (all when None), minus those of ``exclude_groups``.
+
+    A name in ``groups`` that no sample has is an error listing the close names and every known group, so a
+    typo does not silently drop a whole drive. A name in ``exclude_groups`` may be absent (the same options often
+    build train and val, which hold different groups) unless it looks like a typo of a group that is present.
+    """
+    if groups is None and exclude_groups is None:
+        return list(samples)
+    # YAML reads a group named 7 or 2024 as a number; group names are strings
+    groups = None if groups is None else [str(g) for g in groups]
+    exclude_groups = None if exclude_groups is None else [str(g) for g in exclude_groups]
+    known = sorted({s.group for s in samples if s.group is not None})
+    if not known:
+        raise ConfigError(f"{where}: groups / exclude_groups given, but this dataset assigns no groups to samples")
+    for name, strict in [*((g, True) for g in groups or []), *((g, False) for g in exclude_groups or [])]:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5 if strict else 0.8)
+        if strict or close:
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{where}: no sample is in group {name!r}.{hint} Groups: {', '.join(known)}.")
+    keep, drop = set(groups) if groups is not None else set(known), set(exclude_groups or [])
+    return [s for s in samples if s.group in keep and s.group not in drop]
+
+
+def shared_groups(a: SegmentationDataset, b: SegmentationDataset) -> list[str]:
+    """Groups with samples in both datasets (e.g. train and val): the sign of a leaking split."""
+    return sorted(set(a.group_counts()) & set(b.group_counts()))
+
+
+def split_names(split: str) -> list[str]:
+    """``"train+val"`` -> ``["train", "val"]``: the splits whose samples a combined split holds, in order."""
+    names = [part.strip() for part in split.split("+")]
+    if not all(names):
+        raise ConfigError(f"split {split!r}: expected a name or names joined by '+', e.g. 'train+val'")
+    return names
 
 
 def resolve_split(split: str, known: Sequence[str], dataset: str) -> str:

@@ -5,13 +5,27 @@
 class indices 0-10 and 11 for void. SegNet's own list files name absolute paths of its authors' machine
 (``/SegNet/CamVid/train/x.png``); those are re-rooted at ``root`` (the part after ``CamVid/``, or the last
 two components), so the files work whichever copy of the lists a user has.
+
+Each sample's group is its drive, the file name's prefix (``0001TP_006690.png`` -> ``0001TP``). SegNet's val
+frames all come from drive 0016E5, whose other frames are in train, so val rewards memory of neighbouring
+frames. Splits by drive hold out what was never seen: ``split="train+val", exclude_groups=["0006R0"]`` to train,
+``split="train+val", groups=["0006R0"]`` to validate.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from fcnkit.data.base import DATASETS, SampleFiles, SegmentationDataset, Transform, resolve_split
+from fcnkit.data.base import (
+    DATASETS,
+    SampleFiles,
+    SegmentationDataset,
+    Transform,
+    resolve_split,
+    select_groups,
+    split_names,
+)
 from fcnkit.data.io import DataError, PathLike
 
 CAMVID_CLASSES = [
@@ -37,11 +51,12 @@ def _rebase(entry: str, root: Path) -> Path:
     return root.joinpath(*rest)
 
 
-@DATASETS.register()
-def camvid(root: PathLike, split: str = "train", transform: Transform | None = None) -> SegmentationDataset:
-    """CamVid, SegNet split: ``train`` (367), ``val`` (101), ``test`` (233); 11 classes, void = 11."""
-    split = resolve_split(split, ["train", "val", "test"], "camvid")
-    root = Path(root).expanduser()
+def drive_of(stem: str) -> str:
+    """CamVid's drive (video sequence) of a frame: the file name up to its first underscore."""
+    return stem.split("_", 1)[0]
+
+
+def _read_list(root: Path, split: str) -> list[SampleFiles]:
     split_file = root / f"{split}.txt"
     if not split_file.is_file():
         raise DataError(f"split file not found: {split_file} (expected SegNet's CamVid folder with {split}.txt)")
@@ -54,7 +69,28 @@ def camvid(root: PathLike, split: str = "train", transform: Transform | None = N
             raise DataError(f"{split_file}:{line_no}: expected 'image label', got {line.strip()!r}")
         image = _rebase(fields[0], root)
         label = _rebase(fields[1], root) if len(fields) == 2 else None
-        samples.append(SampleFiles(image, label, image.stem))
+        samples.append(SampleFiles(image, label, image.stem, drive_of(image.stem)))
+    return samples
+
+
+@DATASETS.register()
+def camvid(
+    root: PathLike,
+    split: str = "train",
+    transform: Transform | None = None,
+    groups: Sequence[str] | None = None,
+    exclude_groups: Sequence[str] | None = None,
+) -> SegmentationDataset:
+    """CamVid, SegNet split: ``train`` (367), ``val`` (101), ``test`` (233); 11 classes, void = 11.
+
+    ``split`` may join splits with ``+`` (``"train+val"``); ``groups`` keeps only those drives and
+    ``exclude_groups`` drops drives (see the module docstring).
+    """
+    names = [resolve_split(name, ["train", "val", "test"], "camvid") for name in split_names(split)]
+    root = Path(root).expanduser()
+    split_file = root / f"{names[0]}.txt"
+    samples = [s for name in names for s in _read_list(root, name)]
+    samples = select_groups(samples, groups, exclude_groups, where=f"camvid {split}")
     return SegmentationDataset(
         samples,
         CAMVID_CLASSES,

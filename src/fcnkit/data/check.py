@@ -31,6 +31,8 @@ class DatasetReport:
     ignored_pixels: int = 0
     ignore_index: int = 255
     class_names: list[str] = field(default_factory=list)
+    #: samples per group (drive, video, scene), when the dataset assigns groups
+    groups: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_errors(self) -> int:
@@ -56,6 +58,8 @@ class DatasetReport:
         """A readable multi-line summary: counts, sizes, a per-class frequency table, then the errors."""
         names = list(class_names) if class_names is not None else self.class_names
         lines = [f"samples: {self.num_checked} checked of {self.num_samples}, {self.num_errors} with errors"]
+        if self.groups:
+            lines.append(f"groups ({len(self.groups)}): " + ", ".join(f"{g} {n}" for g, n in self.groups.items()))
         if self.num_unlabelled:
             lines.append(f"unlabelled samples: {self.num_unlabelled}")
         if self.min_hw is not None and self.max_hw is not None:
@@ -89,6 +93,7 @@ def check_dataset(dataset: SegmentationDataset, max_samples: int | None = None) 
         ignore_index=dataset.ignore_index,
         class_names=list(dataset.classes),
         class_pixels=[0] * dataset.num_classes,
+        groups=dataset.group_counts(),
     )
     values: set[int] = set()
     class_pixels = torch.zeros(dataset.num_classes, dtype=torch.int64)

@@ -21,17 +21,34 @@ unlabelled (for inference). ``classes.yaml``::
 Masks are index PNGs (palette or grayscale, pixel = class index or ignore_index) or, when ``colors`` is
 given, RGB images whose colours are translated through it; a colour in neither ``colors`` nor
 ``ignore_colors`` raises an error listing it and the file.
+
+**Groups** keep frames of one video (tiles of one scene, slices of one patient) on one side of a split. A
+sample's group comes from ``root/groups.txt`` (lines ``<stem> <group>``) when that file exists, else from
+``group_pattern``, a regular expression searched in the stem (its first parenthesised group, or the whole match:
+``"^[^_]+"`` takes ``street07`` from ``street07_000123``). ``groups=[...]`` keeps only those groups,
+``exclude_groups=[...]`` drops them, and ``split`` may join splits with ``+`` (``"train+val"``).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fcnkit.data.base import DATASETS, SampleFiles, SegmentationDataset, Transform, read_split_ids
+from fcnkit.data.base import (
+    DATASETS,
+    SampleFiles,
+    SegmentationDataset,
+    Transform,
+    read_split_ids,
+    select_groups,
+    split_names,
+)
 from fcnkit.data.io import RGB, DataError, PathLike, read_label
+from fcnkit.errors import ConfigError
 from fcnkit.registry import close_matches
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -105,11 +122,35 @@ def _mask_for(masks: dict[str, Path] | None, mask_dir: Path, stem: str) -> Path 
     return masks.get(stem, mask_dir / f"{stem}.png")
 
 
-@DATASETS.register()
-def folder(root: PathLike, split: str = "train", transform: Transform | None = None) -> SegmentationDataset:
-    """A custom dataset in the folder format described in this module's docstring; ``split`` is any name."""
-    root = Path(root).expanduser()
-    spec = load_class_file(root)
+def _group_finder(root: Path, pattern: str | None) -> Callable[[str], str | None]:
+    """stem -> group (or None): from ``root/groups.txt``, else from ``pattern``, else no groups."""
+    listing = root / "groups.txt"
+    if listing.is_file():
+        table = {}
+        for line_no, line in enumerate(listing.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            if len(fields) != 2:
+                raise DataError(f"{listing}:{line_no}: expected '<stem> <group>', got {line.strip()!r}")
+            table[fields[0]] = fields[1]
+        return table.get
+    if pattern is None:
+        return lambda stem: None
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"group_pattern {pattern!r} is not a regular expression: {exc}") from None
+
+    def find(stem: str) -> str | None:
+        match = regex.search(stem)
+        return None if match is None else (match.group(1) if regex.groups else match.group(0))
+
+    return find
+
+
+def _split_samples(root: Path, split: str) -> tuple[list[SampleFiles], Path]:
+    """The samples of one split and where they are listed (its image folder or its split file)."""
     per_split_images = root / "images" / split
     split_file = root / "splits" / f"{split}.txt"
     if per_split_images.is_dir():
@@ -132,6 +173,27 @@ def folder(root: PathLike, split: str = "train", transform: Transform | None = N
         raise DataError(
             f"split {split!r} not found in {root}: expected the folder {per_split_images} or the file {split_file}"
         )
+    return samples, source
+
+
+@DATASETS.register()
+def folder(
+    root: PathLike,
+    split: str = "train",
+    transform: Transform | None = None,
+    group_pattern: str | None = None,
+    groups: Sequence[str] | None = None,
+    exclude_groups: Sequence[str] | None = None,
+) -> SegmentationDataset:
+    """A custom dataset in the folder format described in this module's docstring; ``split`` is any name, or
+    names joined by ``+``; ``group_pattern``, ``groups`` and ``exclude_groups`` as described there."""
+    root = Path(root).expanduser()
+    spec = load_class_file(root)
+    group_of = _group_finder(root, group_pattern)
+    found = [_split_samples(root, name) for name in split_names(split)]
+    samples = [s._replace(group=group_of(s.name)) for split_samples, _ in found for s in split_samples]
+    samples = select_groups(samples, groups, exclude_groups, where=f"folder {split}")
+    source = found[0][1]
 
     colour_map: dict[RGB, int] | None = None
     if spec["colors"] is not None:

@@ -14,6 +14,7 @@ for a bad sample is a plain dict that travels back with the batch.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,8 +31,11 @@ __all__ = ["AugmentedSamples", "SkippedSamples", "build_train_loader", "check_co
 
 
 def check_command(data: DataConfig) -> str:
-    """The ``fcnkit data check`` command line for the training split of ``data``."""
-    return f"fcnkit data check {data.name} --root {data.root} --split {data.train_split}"
+    """The ``fcnkit data check`` command line for the training split of ``data`` (its options included)."""
+    options = "".join(
+        f" --option '{key}={json.dumps(value, separators=(',', ':'))}'" for key, value in data.options.items()
+    )
+    return f"fcnkit data check {data.name} --root {data.root} --split {data.train_split}{options}"
 
 
 class AugmentedSamples(Dataset):

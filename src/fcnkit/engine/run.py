@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import AmpMode, DataConfig, TrainConfig
-from ..data import SegmentationDataset, TrainTransform, build_dataset, check_dataset
+from ..data import SegmentationDataset, TrainTransform, build_dataset, check_dataset, shared_groups
 from ..errors import ConfigError, DataError
 from ..losses import SegmentationLoss, median_frequency_weights
 from ..models import create_model
@@ -110,6 +110,13 @@ def build_run(cfg: TrainConfig) -> Run:
     np.random.seed(cfg.seed)
 
     train_set, val_set = _datasets(cfg.data)
+    leaking = shared_groups(train_set, val_set)
+    if leaking and info.is_main:
+        log.warning(
+            f"train and val share {len(leaking)} group(s) ({', '.join(leaking)}): validation frames have neighbours "
+            "in training, so val mIoU measures memory more than generalisation. Hold out whole groups: "
+            "data.options.exclude_groups / data.val_options.groups (see README, 'Validation that does not leak')"
+        )
     num_classes = cfg.model.num_classes or train_set.num_classes
     model = create_model(cfg.model.name, num_classes=num_classes, weights=cfg.model.weights, **cfg.model.options)
     model.classes = list(train_set.classes)
