@@ -216,3 +216,101 @@ def test_median_frequency_weights():
     # Even number of classes: mean of the two middle frequencies, (0.2 + 0.3) / 2.
     w = median_frequency_weights([10, 20, 30, 40])
     torch.testing.assert_close(w, torch.tensor([2.5, 1.25, 2.5 / 3, 0.625]))
+
+
+# ------------------------------------------------------------------------ Dice, Tversky, focal, Lovász
+
+
+def _logits_and_target():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 7, 9, generator=g)
+    target = torch.randint(0, 4, (2, 7, 9), generator=g)
+    target[target == 3] = 1  # class 3 is absent from the batch
+    target[0, :2] = 255  # two ignored rows
+    return logits, target
+
+
+def test_region_losses_equal_segmentation_models_pytorch():
+    smp_losses = pytest.importorskip("segmentation_models_pytorch.losses")
+    from fcnkit.losses import dice_loss, lovasz_softmax_loss, tversky_loss
+
+    logits, target = _logits_and_target()
+    pairs = [
+        (dice_loss(logits, target), smp_losses.DiceLoss("multiclass", ignore_index=255)(logits, target)),
+        (
+            tversky_loss(logits, target, alpha=0.3, beta=0.7),
+            smp_losses.TverskyLoss("multiclass", ignore_index=255, alpha=0.3, beta=0.7)(logits, target),
+        ),
+        (lovasz_softmax_loss(logits, target), smp_losses.LovaszLoss("multiclass", ignore_index=255)(logits, target)),
+    ]
+    for ours, peer in pairs:
+        torch.testing.assert_close(ours, peer, rtol=1e-6, atol=1e-7)
+    # Tversky with alpha = beta = 1/2 is Dice
+    torch.testing.assert_close(tversky_loss(logits, target), dice_loss(logits, target))
+
+
+def test_dice_and_lovasz_hand_worked():
+    from fcnkit.losses import dice_loss, lovasz_softmax_loss
+
+    # two pixels, two classes: pixel 0 is class 0 with softmax (3/4, 1/4), pixel 1 is class 1 with (1/4, 3/4)
+    logits = torch.tensor([[math.log(3), 0.0], [0.0, math.log(3)]]).view(1, 2, 1, 2)
+    target = torch.tensor([[[0, 1]]])
+    torch.testing.assert_close(logits.softmax(1)[0, :, 0], torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+    # Dice of each class: 2 * 3/4 / (1 + 1) = 3/4, so the loss is 1 - 3/4
+    assert float(dice_loss(logits, target)) == pytest.approx(0.25)
+    # Lovász, class 0: foreground (1, 0), errors |1 - 3/4| = |0 - 1/4| = 1/4 (a tie). Sorted foreground first,
+    # Jaccard losses after each error are (1 - 0/1, 1 - 0/2) = (1, 1): gradient (1, 0), loss 1/4; background
+    # first: (1 - 1/2, 1 - 0/2) = (1/2, 1): gradient (1/2, 1/2), loss 1/4 too. Class 1 is the mirror image.
+    assert float(lovasz_softmax_loss(logits, target)) == pytest.approx(0.25)
+    # a perfect, confident prediction costs (almost) nothing in both
+    sure = torch.tensor([[20.0, -20.0], [-20.0, 20.0]]).view(1, 2, 1, 2)
+    assert float(dice_loss(sure, target)) < 1e-6 and float(lovasz_softmax_loss(sure, target)) < 1e-6
+
+
+def test_focal_loss_hand_worked_and_cross_entropy_at_gamma_0():
+    from fcnkit.losses import focal_loss
+
+    logits = torch.tensor([0.0, math.log(3)]).view(1, 2, 1, 1)  # softmax (1/4, 3/4)
+    target = torch.tensor([[[1]]])
+    # -(1 - 3/4)^2 * ln(3/4)
+    assert float(focal_loss(logits, target, gamma=2.0)) == pytest.approx(-(0.25**2) * math.log(0.75), rel=1e-6)
+    logits, target = _logits_and_target()
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0])
+    for w in (None, weight):
+        expected = F.cross_entropy(logits, target, weight=w, ignore_index=255)
+        torch.testing.assert_close(focal_loss(logits, target, gamma=0.0, weight=w), expected, rtol=1e-6, atol=1e-6)
+    assert focal_loss(logits, target, gamma=2.0) < focal_loss(logits, target, gamma=0.0)  # easy pixels weigh less
+
+
+def test_segmentation_loss_sums_the_weighted_terms():
+    from fcnkit.config import LossConfig
+    from fcnkit.errors import ConfigError
+    from fcnkit.losses import dice_loss, lovasz_softmax_loss
+
+    logits, target = _logits_and_target()
+    cfg = LossConfig(dice_weight=0.5, lovasz_weight=2.0, aux_weight=0.4)
+    loss_fn = SegmentationLoss.from_config(cfg)
+    aux = logits.flip(-1)
+    loss, parts = loss_fn({"out": logits, "aux": aux}, target)
+    ce = F.cross_entropy(logits, target, ignore_index=255)
+    main = ce + 0.5 * dice_loss(logits, target) + 2.0 * lovasz_softmax_loss(logits, target)
+    aux_total = F.cross_entropy(aux, target, ignore_index=255) + 0.5 * dice_loss(aux, target)
+    aux_total = aux_total + 2.0 * lovasz_softmax_loss(aux, target)
+    torch.testing.assert_close(loss, main + 0.4 * aux_total)
+    assert parts["ce"] == pytest.approx(float(ce)) and parts["dice"] == pytest.approx(float(dice_loss(logits, target)))
+    assert parts["main"] == pytest.approx(float(main)) and set(parts) == {
+        "main",
+        "ce",
+        "dice",
+        "lovasz",
+        "aux",
+        "total",
+    }
+    # cross-entropy alone keeps its old parts
+    plain, plain_parts = SegmentationLoss()(logits, target)
+    torch.testing.assert_close(plain, F.cross_entropy(logits, target, ignore_index=255))
+    assert set(plain_parts) == {"main", "total"}
+    with pytest.raises(ConfigError, match="reduction 'mean'"):
+        SegmentationLoss(reduction="sum", dice_weight=1.0)
+    with pytest.raises(ConfigError, match="not all 0"):
+        SegmentationLoss(ce_weight=0.0)

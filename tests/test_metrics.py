@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from fcnkit.metrics import ConfusionMatrix, SegMetrics, metrics_from_matrix, miou_zero_for_absent
 
@@ -64,6 +71,14 @@ def test_against_torchmetrics_every_class_present():
     ref = caffe_scores(cm.matrix.numpy())
     assert m.fwiou == pytest.approx(ref["fwiou"], abs=1e-12)
     assert 0.0 < m.fwiou < 1.0
+    for metric, ours, mean in (
+        (MulticlassPrecision, m.precision, m.mean_precision),
+        (MulticlassRecall, m.recall, m.mean_recall),
+        (MulticlassF1Score, m.dice, m.mean_dice),
+    ):
+        per_class = metric(c, average=None, ignore_index=IGNORE)(pred, target)
+        torch.testing.assert_close(ours.float(), per_class, rtol=0, atol=1e-6)
+        assert mean == pytest.approx(float(metric(c, average="macro", ignore_index=IGNORE)(pred, target)), abs=1e-6)
 
 
 def test_hand_worked_example():
@@ -102,6 +117,13 @@ def test_hand_worked_example():
         assert getattr(m, key) == pytest.approx(value), key
     # FastFCN: (1/2 + 1/2 + 0 + 0) / 4.
     assert miou_zero_for_absent(cm.matrix) == pytest.approx(0.25)
+    # Precision: class 0: 3 of 4 predicted, class 1: 2 of 3, class 2: 0 of 1; class 3 never predicted -> excluded.
+    assert m.precision[:3].tolist() == pytest.approx([0.75, 2 / 3, 0.0]) and math.isnan(m.precision[3])
+    assert m.mean_precision == pytest.approx((0.75 + 2 / 3) / 3)
+    # Dice: 2 tp / (gt + pred): class 0: 6/9, class 1: 4/6, class 2: 0/1; class 3 excluded. Dice = 2 IoU / (1 + IoU).
+    assert m.dice[:3].tolist() == pytest.approx([2 / 3, 2 / 3, 0.0]) and math.isnan(m.dice[3])
+    assert m.mean_dice == pytest.approx(4 / 9)
+    assert m.recall is m.acc and m.mean_recall == m.mean_acc
 
 
 def test_fwiou_random_against_numpy_formula():
@@ -240,5 +262,9 @@ def test_as_dict_and_table():
     assert "66.67" in table and "75.00" in table
     dog_line = next(line for line in table.splitlines() if line.startswith("dog"))
     assert "-" in dog_line and "0.00" not in dog_line
+    # cat: IoU 66.67, Acc 100.00 (recall 2/2), Prec 66.67 (2 of 3 predicted), Dice 80.00 (4 / 5)
+    cat_line = next(line for line in table.splitlines() if line.startswith("cat"))
+    assert cat_line.split()[1:] == ["66.67", "100.00", "66.67", "80.00"]
+    assert d["dice"][1] == pytest.approx(0.8) and d["precision"][0] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="class names"):
         m.table(["a", "b"])

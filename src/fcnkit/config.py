@@ -96,6 +96,18 @@ class LossConfig:
     label_smoothing: float = 0.0
     ohem_thresh: float | None = None
     ohem_min_kept: int = 0
+    #: each head's loss is ce_weight x cross-entropy (the settings above) + the weighted terms below
+    #: (fcnkit.losses.region: Dice and Tversky as segmentation_models_pytorch defines them, softmax focal,
+    #: Lovasz-softmax); the extra terms need reduction "mean"
+    ce_weight: float = 1.0
+    dice_weight: float = 0.0
+    tversky_weight: float = 0.0
+    #: Tversky: weight of false positives (alpha) and of false negatives (beta); 0.5 / 0.5 is Dice
+    tversky_alpha: float = 0.5
+    tversky_beta: float = 0.5
+    focal_weight: float = 0.0
+    focal_gamma: float = 2.0
+    lovasz_weight: float = 0.0
 
 
 @dataclass

@@ -11,7 +11,9 @@ Conventions (rows are ground truth, columns are predictions; ``tp = diag``, ``gt
 * class accuracy    ``tp_c / gt_c``; NaN for a class with no ground-truth pixel
 * IoU               ``tp_c / (gt_c + pred_c - tp_c)``; NaN for a class absent from both ground truth and
   prediction. A class that is only predicted has IoU 0 and does count.
-* mean accuracy / mIoU: NaN-mean over classes, i.e. NaN classes are excluded.
+* precision         ``tp_c / pred_c``; NaN for a class never predicted. Recall is the class accuracy.
+* Dice / F1         ``2 tp_c / (gt_c + pred_c)``; NaN where IoU is (Dice = 2 IoU / (1 + IoU) per class).
+* mean accuracy / mIoU / mean precision / mean Dice: NaN-mean over classes, i.e. NaN classes are excluded.
 * fwIoU             ``sum_c freq_c * IoU_c`` over classes with ``freq_c > 0``, ``freq_c = gt_c / sum(gt)``.
 
 FastFCN instead counts absent classes as IoU 0 and divides by C: see :func:`miou_zero_for_absent`.
@@ -41,6 +43,20 @@ class SegMetrics:
     acc: Tensor
     #: the ``(C, C)`` int64 confusion matrix these numbers came from (rows ground truth, columns prediction)
     matrix: Tensor | None = None
+    #: per-class precision and Dice (F1) ``(C,)``, and their NaN-means
+    precision: Tensor | None = None
+    dice: Tensor | None = None
+    mean_precision: float = math.nan
+    mean_dice: float = math.nan
+
+    @property
+    def recall(self) -> Tensor:
+        """Per-class recall, ``tp / gt``: the class accuracy."""
+        return self.acc
+
+    @property
+    def mean_recall(self) -> float:
+        return self.mean_acc
 
     def as_dict(self) -> dict[str, float | list[float]]:
         """Plain Python values, ready for JSON or a logger: the four floats plus ``iou``/``acc`` lists."""
@@ -49,12 +65,16 @@ class SegMetrics:
             "mean_acc": self.mean_acc,
             "miou": self.miou,
             "fwiou": self.fwiou,
+            "mean_precision": self.mean_precision,
+            "mean_dice": self.mean_dice,
             "iou": self.iou.tolist(),
             "acc": self.acc.tolist(),
+            "precision": self.precision.tolist() if self.precision is not None else None,
+            "dice": self.dice.tolist() if self.dice is not None else None,
         }
 
     def table(self, class_names: list[str]) -> str:
-        """A fixed-width per-class IoU / accuracy table in %, followed by the four headline numbers.
+        """A fixed-width per-class table in % (IoU, accuracy = recall, precision, Dice), then the headline numbers.
 
         Excluded classes (NaN) are shown as ``-`` so that they cannot be mistaken for a score of 0.
         """
@@ -65,13 +85,17 @@ class SegMetrics:
             return "-" if math.isnan(x) else f"{100.0 * x:.2f}"
 
         width = max([len("class"), *(len(n) for n in class_names)])
-        lines = [f"{'class':<{width}}  {'IoU':>7}  {'Acc':>7}", "-" * (width + 18)]
-        for name, iou, acc in zip(class_names, self.iou.tolist(), self.acc.tolist(), strict=True):
-            lines.append(f"{name:<{width}}  {pct(iou):>7}  {pct(acc):>7}")
-        lines.append("-" * (width + 18))
+        nan = [math.nan] * len(class_names)
+        precision = self.precision.tolist() if self.precision is not None else nan
+        dice = self.dice.tolist() if self.dice is not None else nan
+        lines = [f"{'class':<{width}}  {'IoU':>7}  {'Acc':>7}  {'Prec':>7}  {'Dice':>7}", "-" * (width + 36)]
+        for name, *values in zip(class_names, self.iou.tolist(), self.acc.tolist(), precision, dice, strict=True):
+            lines.append(f"{name:<{width}}" + "".join(f"  {pct(v):>7}" for v in values))
+        lines.append("-" * (width + 36))
         lines.append(
             f"pixel acc {pct(self.pixel_acc)}  mean acc {pct(self.mean_acc)}  "
-            f"mIoU {pct(self.miou)}  fwIoU {pct(self.fwiou)}"
+            f"mIoU {pct(self.miou)}  fwIoU {pct(self.fwiou)}  mean prec {pct(self.mean_precision)}  "
+            f"mean Dice {pct(self.mean_dice)}"
         )
         return "\n".join(lines)
 
@@ -94,6 +118,8 @@ def metrics_from_matrix(matrix: Tensor) -> SegMetrics:
     nan = torch.tensor(math.nan, dtype=torch.float64)
     iou = torch.where(union > 0, tp / union.clamp_min(1), nan)
     acc = torch.where(gt > 0, tp / gt.clamp_min(1), nan)
+    precision = torch.where(pred > 0, tp / pred.clamp_min(1), nan)
+    dice = torch.where(gt + pred > 0, 2 * tp / (gt + pred).clamp_min(1), nan)
     total = gt.sum()
     if total > 0:
         pixel_acc = float(tp.sum() / total)
@@ -111,6 +137,10 @@ def metrics_from_matrix(matrix: Tensor) -> SegMetrics:
         iou=iou,
         acc=acc,
         matrix=matrix.detach().to("cpu", torch.int64),
+        precision=precision,
+        dice=dice,
+        mean_precision=_nanmean(precision),
+        mean_dice=_nanmean(dice),
     )
 
 

@@ -1,4 +1,5 @@
-"""Per-pixel cross-entropy for segmentation, with the auxiliary head, class weights, OHEM and EncNet's SE loss.
+"""Per-pixel cross-entropy for segmentation, with the auxiliary head, class weights, OHEM and EncNet's SE loss,
+and optional Dice / Tversky / focal / Lovász-softmax terms (:mod:`fcnkit.losses.region`).
 
 The learning-rate / reduction trap
 ----------------------------------
@@ -18,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import LossConfig, Reduction, choices
+from ..config import LossConfig, Reduction, choices
+from ..errors import ConfigError
+from .region import dice_loss, focal_loss, lovasz_softmax_loss, tversky_loss
 
 __all__ = ["REDUCTIONS", "SegmentationLoss", "class_presence", "median_frequency_weights"]
 
@@ -60,6 +63,11 @@ class SegmentationLoss(nn.Module):
             whose softmax probability of the true class is below this threshold are trained on.
         ohem_min_kept: with OHEM, at least this many of the hardest valid pixels **per image** are kept
             (``ohem_min_kept * B`` over the batch, as mmseg counts), so easy batches still give a gradient.
+        ce_weight, dice_weight, tversky_weight, focal_weight, lovasz_weight: each head's loss is the weighted
+            sum of cross-entropy (with the settings above) and these terms of :mod:`fcnkit.losses.region`
+            (class weights apply to cross-entropy and focal); the extra terms need ``reduction="mean"``.
+        tversky_alpha, tversky_beta: Tversky's weights of false positives and false negatives.
+        focal_gamma: the focusing exponent of the focal term.
 
     Keys of the model output other than ``"out"``, ``"aux"`` and ``"se"`` are ignored, and ``"se"`` too when
     ``se_weight`` is 0.
@@ -78,10 +86,33 @@ class SegmentationLoss(nn.Module):
         label_smoothing: float = 0.0,
         ohem_thresh: float | None = None,
         ohem_min_kept: int = 0,
+        ce_weight: float = 1.0,
+        dice_weight: float = 0.0,
+        tversky_weight: float = 0.0,
+        tversky_alpha: float = 0.5,
+        tversky_beta: float = 0.5,
+        focal_weight: float = 0.0,
+        focal_gamma: float = 2.0,
+        lovasz_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}; got {reduction!r}")
+        self.term_weights = {
+            "ce": float(ce_weight),
+            "dice": float(dice_weight),
+            "tversky": float(tversky_weight),
+            "focal": float(focal_weight),
+            "lovasz": float(lovasz_weight),
+        }
+        if min(self.term_weights.values()) < 0 or not any(self.term_weights.values()):
+            raise ConfigError(f"loss term weights must be >= 0 and not all 0, got {self.term_weights}")
+        extra = [k for k, w in self.term_weights.items() if w > 0 and k != "ce"]
+        if extra and reduction == "sum":
+            raise ConfigError(f"loss terms {extra} are means: use them with loss.reduction 'mean', not 'sum'")
+        if min(tversky_alpha, tversky_beta) < 0 or focal_gamma < 0:
+            raise ConfigError("tversky_alpha, tversky_beta and focal_gamma must be >= 0")
+        self.tversky_alpha, self.tversky_beta, self.focal_gamma = float(tversky_alpha), float(tversky_beta), focal_gamma
         if aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
         if se_weight < 0:
@@ -130,7 +161,8 @@ class SegmentationLoss(nn.Module):
             f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, aux_weight={self.aux_weight}, "
             f"se_weight={self.se_weight}, "
             f"label_smoothing={self.label_smoothing}, ohem_thresh={self.ohem_thresh}, "
-            f"ohem_min_kept={self.ohem_min_kept}, class_weights={self.class_weights is not None}"
+            f"ohem_min_kept={self.ohem_min_kept}, class_weights={self.class_weights is not None}, "
+            f"terms={ {k: w for k, w in self.term_weights.items() if w > 0} }"
         )
 
     @torch.no_grad()
@@ -156,8 +188,9 @@ class SegmentationLoss(nn.Module):
             keep.view(-1)[hardest] = True
         return keep
 
-    def _single(self, logits: Tensor, target: Tensor, name: str) -> Tensor:
-        """Loss of one head: ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)`` -> scalar."""
+    def _single(self, logits: Tensor, target: Tensor, name: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss of one head: ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)`` -> the weighted sum of its
+        terms, and each term unweighted."""
         if logits.ndim != 4 or target.ndim != 3:
             raise ValueError(
                 f"expected {name!r} logits (B, C, H, W) and target (B, H, W), got "
@@ -173,6 +206,21 @@ class SegmentationLoss(nn.Module):
         if weight is not None and weight.numel() != logits.shape[1]:
             raise ValueError(f"class_weights has {weight.numel()} entries for {logits.shape[1]} classes")
 
+        terms = {"ce": self._cross_entropy(logits, target)} if self.term_weights["ce"] > 0 else {}
+        w, ignore = self.term_weights, self.ignore_index
+        if w["dice"] > 0:
+            terms["dice"] = dice_loss(logits, target, ignore)
+        if w["tversky"] > 0:
+            terms["tversky"] = tversky_loss(logits, target, self.tversky_alpha, self.tversky_beta, ignore)
+        if w["focal"] > 0:
+            terms["focal"] = focal_loss(logits, target, self.focal_gamma, ignore, self.class_weights)
+        if w["lovasz"] > 0:
+            terms["lovasz"] = lovasz_softmax_loss(logits, target, ignore)
+        total = sum(w[k] * v for k, v in terms.items())
+        return total, terms
+
+    def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
+        weight = self.class_weights
         # Per-pixel losses are 0 at ignored pixels and already include the class weight w[y] (and torch's
         # weighted label-smoothing term), so both reductions are a plain sum with a different divisor.
         per_pixel = F.cross_entropy(
@@ -207,19 +255,22 @@ class SegmentationLoss(nn.Module):
 
         Returns:
             The scalar loss to back-propagate and its parts as floats: ``{"main", "aux", "se", "total"}``
-            (``"aux"`` and ``"se"`` only when those losses are used).
+            (``"aux"`` and ``"se"`` only when those losses are used; ``"ce"``, ``"dice"``, ... the main head's
+            unweighted terms, when it has more than cross-entropy).
         """
         if isinstance(outputs, Tensor):
             outputs = {"out": outputs}
         if "out" not in outputs:
             raise ValueError(f"model output has no 'out' key (got {sorted(outputs)})")
         target = target.long()
-        main = self._single(outputs["out"], target, "out")
+        main, terms = self._single(outputs["out"], target, "out")
         loss = main
         parts: dict[str, float] = {"main": float(main.detach())}
+        if len(terms) > 1 or "ce" not in terms:  # the terms of the main head, when there is more than plain CE
+            parts.update({k: float(v.detach()) for k, v in terms.items()})
         if self.aux_weight > 0:
             aux_logits = _required(outputs, "aux", self.aux_weight, "build the model with aux=True")
-            aux = self._single(aux_logits, target, "aux")
+            aux, _ = self._single(aux_logits, target, "aux")
             loss = loss + self.aux_weight * aux
             parts["aux"] = float(aux.detach())
         if self.se_weight > 0:

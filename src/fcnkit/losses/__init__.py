@@ -1,0 +1,17 @@
+"""Training losses: :class:`SegmentationLoss` (cross-entropy with aux head, class weights, OHEM, EncNet's SE loss,
+and optional Dice / Tversky / focal / Lovász terms; :mod:`.segmentation`) and the region losses themselves
+(:mod:`.region`). Layer: beside checkpoint, metrics and visualize; above models and data."""
+
+from .region import dice_loss, focal_loss, lovasz_softmax_loss, tversky_loss
+from .segmentation import REDUCTIONS, SegmentationLoss, class_presence, median_frequency_weights
+
+__all__ = [
+    "REDUCTIONS",
+    "SegmentationLoss",
+    "class_presence",
+    "dice_loss",
+    "focal_loss",
+    "lovasz_softmax_loss",
+    "median_frequency_weights",
+    "tversky_loss",
+]
