@@ -17,7 +17,13 @@ code (``fcnkit.engine.evaluate.evaluate``: one confusion matrix over the split, 
     python benchmarks/camvid_budget.py --data ../shared/data/camvid --recipe configs/camvid/other.yaml \\
         --set loss.class_weights=null --tag no_class_weights --runs fcnkit            # an ablation row
 
-Prints, per run: val mIoU, per-class IoU (the small classes Pole, SignSymbol, Fence, Pedestrian, Bicyclist
+**Held-out drives** (``--fold DRIVE``, e.g. ``--fold 0006R0 0001TP``): SegNet's val frames come from drive 0016E5,
+whose other frames are in train, so val rewards memory of neighbouring frames. With a fold, both runs train on
+train + val without that drive and are evaluated on the drive's frames only (``fcnkit.data`` groups); that
+figure is the one to decide on, and the summary gives its mean and spread over seeds for each fold. ``--fold
+val`` (the default) is SegNet's split, for reference.
+
+Prints, per run: the evaluation split's mIoU, per-class IoU (the small classes Pole, SignSymbol, Fence, Pedestrian, Bicyclist
 included), optimiser steps and training images/s; writes ``summary.json`` and ``miou_vs_minutes.png`` (val mIoU
 against training minutes) under ``--out``.
 """
@@ -58,6 +64,18 @@ class PaddedPeer(nn.Module):
         return {"out": out[..., :h, :w]}
 
 
+def fold_data(fold: str) -> dict[str, object]:
+    """The dataset splits of a fold: SegNet's train -> val, or train + val without one drive -> that drive."""
+    if fold == "val":
+        return {"train_split": "train", "val_split": "val", "options": {}, "val_options": None}
+    return {
+        "train_split": "train+val",
+        "val_split": "train+val",
+        "options": {"exclude_groups": [fold]},
+        "val_options": {"groups": [fold]},
+    }
+
+
 def _record(
     kind: str,
     seed: int,
@@ -72,6 +90,7 @@ def _record(
     return {
         "run": kind,
         "seed": seed,
+        "fold": "val",
         "train_minutes": minutes,
         "steps": steps,
         "images_per_s": ips,
@@ -82,13 +101,15 @@ def _record(
     }
 
 
-def run_fcnkit(args: argparse.Namespace, seed: int, out: Path) -> dict:
+def run_fcnkit(args: argparse.Namespace, seed: int, out: Path, fold: str = "val") -> dict:
     """Train (or resume / reuse a finished run in ``out``) and read the figures back from ``metrics.jsonl``."""
     from fcnkit.config import load_config
     from fcnkit.data import build_dataset
     from fcnkit.engine.train import train
 
+    split = fold_data(fold)
     overrides = [
+        *(f"data.{key}={json.dumps(value)}" for key, value in split.items()),
         f"data.root={args.data}",
         f"seed={seed}",
         f"output_dir={out}",
@@ -115,7 +136,7 @@ def run_fcnkit(args: argparse.Namespace, seed: int, out: Path) -> dict:
     )
 
 
-def run_peer(args: argparse.Namespace, seed: int, out: Path) -> dict:
+def run_peer(args: argparse.Namespace, seed: int, out: Path, fold: str = "val") -> dict:
     import segmentation_models_pytorch as smp
 
     from fcnkit.data import TrainTransform, build_dataset, pad_collate
@@ -123,10 +144,12 @@ def run_peer(args: argparse.Namespace, seed: int, out: Path) -> dict:
     from fcnkit.preprocessing import IMAGENET
 
     torch.manual_seed(seed)
-    val_set = build_dataset("camvid", args.data, "val")
+    split = fold_data(fold)
+    val_options = split["val_options"] if split["val_options"] is not None else split["options"]
+    val_set = build_dataset("camvid", args.data, split["val_split"], **val_options)
     ignore = val_set.ignore_index
     transform = TrainTransform(IMAGENET, crop_size=(224, 288), scale_range=(0.5, 2.0), hflip=0.5, ignore_index=ignore)
-    train_set = build_dataset("camvid", args.data, "train", transform=transform)
+    train_set = build_dataset("camvid", args.data, split["train_split"], transform=transform, **split["options"])
     loader = DataLoader(
         train_set,
         batch_size=8,
@@ -180,18 +203,25 @@ def print_table(rows: list[dict]) -> None:
     short = [c[:9] for c in classes]
     w = max(14, *(len(r["run"]) + 1 for r in rows))
     print(
-        f"{'run':<{w}}{'seed':>5}{'min':>6}{'steps':>7}{'img/s':>7}{'mIoU':>7}  " + " ".join(f"{c:>9}" for c in short)
+        f"{'run':<{w}}{'fold':>8}{'seed':>5}{'min':>6}{'steps':>7}{'img/s':>7}{'mIoU':>7}  "
+        + " ".join(f"{c:>9}" for c in short)
     )
     for r in rows:
         print(
-            f"{r['run']:<{w}}{r['seed']:>5}{r['train_minutes']:>6.1f}{r['steps']:>7}{r['images_per_s']:>7.2f}"
-            f"{r['miou']:>7.2f}  " + " ".join(f"{r['iou'][c]:>9.2f}" for c in classes)
+            f"{r['run']:<{w}}{r.get('fold', 'val'):>8}{r['seed']:>5}{r['train_minutes']:>6.1f}{r['steps']:>7}"
+            f"{r['images_per_s']:>7.2f}{r['miou']:>7.2f}  " + " ".join(f"{r['iou'][c]:>9.2f}" for c in classes)
         )
-    for kind in dict.fromkeys(r["run"] for r in rows):
-        same = [r for r in rows if r["run"] == kind]
-        mean = sum(r["miou"] for r in same) / len(same)
+    for kind, fold in dict.fromkeys((r["run"], r.get("fold", "val")) for r in rows):
+        same = [r for r in rows if r["run"] == kind and r.get("fold", "val") == fold]
+        mious = [r["miou"] for r in same]
+        mean = sum(mious) / len(mious)
+        spread = f", seeds {min(mious):.2f} .. {max(mious):.2f}" if len(mious) > 1 else ""
         small = sum(small_classes_mean(r) for r in same) / len(same)
-        print(f"{kind}: mean val mIoU over {len(same)} seed(s) {mean:.2f}; mean IoU of {', '.join(SMALL)}: {small:.2f}")
+        where = "val (frames of a training drive)" if fold == "val" else f"held-out drive {fold}"
+        print(
+            f"{kind} on {where}: mean mIoU over {len(same)} seed(s) {mean:.2f}{spread}; "
+            f"mean IoU of {', '.join(SMALL)}: {small:.2f}"
+        )
 
 
 def small_classes_mean(row: dict) -> float:
@@ -202,13 +232,17 @@ def small_classes_mean(row: dict) -> float:
 
 def print_ablation(rows: list[dict]) -> None:
     """Each tagged fcnkit run (``--tag``) against the plain recipe of the same seed: what the change cost or gave."""
-    base = {r["seed"]: r for r in rows if r["run"] == "fcnkit"}
-    changed = [r for r in rows if r["run"].startswith("fcnkit ") and r["seed"] in base]
+
+    def key(r: dict) -> tuple[int, str]:
+        return r["seed"], r.get("fold", "val")
+
+    base = {key(r): r for r in rows if r["run"] == "fcnkit"}
+    changed = [r for r in rows if r["run"].startswith("fcnkit ") and key(r) in base]
     if not changed:
         return
     print(f"{'run':<28}{'seed':>5}{'mIoU':>7}{'delta':>7}{'small':>7}{'delta':>7}{'img/s':>7}  overrides")
-    for r in [base[s] for s in sorted(base)] + changed:
-        b = base[r["seed"]]
+    for r in [base[k] for k in sorted(base)] + changed:
+        b = base[key(r)]
         print(
             f"{r['run']:<28}{r['seed']:>5}{r['miou']:>7.2f}{r['miou'] - b['miou']:>+7.2f}"
             f"{small_classes_mean(r):>7.2f}{small_classes_mean(r) - small_classes_mean(b):>+7.2f}"
@@ -234,10 +268,11 @@ def plot(rows: list[dict], path: Path) -> None:
                 ms=3,
                 color=colors.setdefault(r["run"], f"C{len(colors)}"),
                 linestyle=("-", "--", ":", "-.")[r["seed"] % 4],
-                label=f"{r['run']} seed {r['seed']}",
+                label=f"{r['run']} seed {r['seed']}"
+                + (f" ({r['fold']} held out)" if r.get("fold", "val") != "val" else ""),
             )
     ax.set_xlabel("training minutes (evaluation excluded)")
-    ax.set_ylabel("CamVid val mIoU (%), 360x480")
+    ax.set_ylabel("CamVid mIoU (%), 360x480: val, or the held-out drive")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -251,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--runs", nargs="+", default=["fcnkit", "peer"], choices=["fcnkit", "peer"])
+    parser.add_argument(
+        "--fold",
+        nargs="+",
+        default=["val"],
+        metavar="DRIVE",
+        help="val (SegNet's split), or a drive to hold out of train + val and evaluate on (0006R0, 0001TP)",
+    )
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the fcnkit recipe")
     parser.add_argument("--tag", default="", help="suffix of the fcnkit run's name (ablations)")
@@ -266,22 +308,27 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "summary.json"
     rows = json.loads(summary_path.read_text()) if summary_path.exists() else []
-    for seed in args.seeds:
-        for kind in args.runs:
-            name = f"{kind}{'_' + args.tag if args.tag and kind == 'fcnkit' else ''}_seed{seed}"
-            print(f"== {name}: {args.minutes:g} min of training", flush=True)
-            row = (run_fcnkit if kind == "fcnkit" else run_peer)(args, seed, args.out / name)
-            if kind == "fcnkit" and args.tag:
-                row["run"] = f"fcnkit {args.tag}"
-            row["settings"] = args.set if kind == "fcnkit" else []
-            rows = [r for r in rows if (r["run"], r["seed"]) != (row["run"], seed)] + [row]
-            summary_path.write_text(json.dumps(rows, indent=1))
+    for fold in args.fold:
+        for seed in args.seeds:
+            for kind in args.runs:
+                tag = "_" + args.tag if args.tag and kind == "fcnkit" else ""
+                name = f"{kind}{tag}_seed{seed}" + (f"_heldout_{fold}" if fold != "val" else "")
+                print(f"== {name}: {args.minutes:g} min of training", flush=True)
+                row = (run_fcnkit if kind == "fcnkit" else run_peer)(args, seed, args.out / name, fold)
+                if kind == "fcnkit" and args.tag:
+                    row["run"] = f"fcnkit {args.tag}"
+                row["settings"] = args.set if kind == "fcnkit" else []
+                row["fold"] = fold
+                key = (row["run"], seed, fold)
+                rows = [r for r in rows if (r["run"], r["seed"], r.get("fold", "val")) != key] + [row]
+                summary_path.write_text(json.dumps(rows, indent=1))
     print_table(rows)
     print_ablation(rows)
     plot(rows, args.out / "miou_vs_minutes.png")
     print(f"wrote {summary_path} and {args.out / 'miou_vs_minutes.png'}")
     print(
-        f"protocol: CamVid train 367 images -> val 101 images at 360x480, void 11 ignored, {args.minutes:g} min of "
+        f"protocol: CamVid train 367 images -> val 101 images, or train + val without a drive -> that drive "
+        f"({', '.join(args.fold)}), at 360x480, void 11 ignored, {args.minutes:g} min of "
         f"training wall-clock per run (evaluation excluded), from scratch, {platform.machine()}, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )

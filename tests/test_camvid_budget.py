@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from fcnkit import Predictor
@@ -26,17 +27,24 @@ def _script():
     return module
 
 
+#: frame names of the tiny CamVid, by split: SegNet's drives in miniature (val's drive also has train frames)
+FRAMES = {
+    "train": [f"{drive}_{i:04d}" for drive, n in (("0001TP", 3), ("0006R0", 3), ("0016E5", 2)) for i in range(n)],
+    "val": ["0016E5_1000", "0016E5_1001"],
+}
+
+
 def _tiny_camvid(root: Path) -> Path:
     rng = np.random.default_rng(0)
-    for split, count in (("train", 8), ("val", 2)):
+    for split, names in FRAMES.items():
         lines = []
-        for i in range(count):
+        for name in names:
             label = np.repeat(np.arange(12, dtype=np.uint8), 8)[None].repeat(40, 0)[:, :88]  # 40 x 88, all 12 values
             image = (rng.integers(0, 40, (40, 88, 3)) + label[..., None] * 18).astype(np.uint8)
             for folder, array in ((split, image), (f"{split}annot", label)):
                 (root / folder).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(array).save(root / folder / f"{i:04d}.png")
-            lines.append(f"{split}/{i:04d}.png {split}annot/{i:04d}.png")
+                Image.fromarray(array).save(root / folder / f"{name}.png")
+            lines.append(f"{split}/{name}.png {split}annot/{name}.png")
         (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
     return root
 
@@ -63,19 +71,46 @@ def test_both_runs_keep_the_budget_and_report_every_class(tmp_path, capsys):
     assert "Pole" in printed and "mean IoU of Pole, SignSymbol, Fence, Pedestrian, Bicyclist" in printed
     # the fcnkit figures are those of the final weights (last.pth without EMA), recounted here with numpy
     predictor = Predictor(out / "fcnkit_seed0" / "last.pth", device="cpu", optimize=False)
-    confusion = np.zeros((11, 11), dtype=np.int64)
-    for i in range(2):
-        label = np.array(Image.open(data / "valannot" / f"{i:04d}.png")).astype(np.int64)
-        pred = predictor.predict(data / "val" / f"{i:04d}.png").label.numpy()
-        keep = label != 11
-        confusion += np.bincount(label[keep] * 11 + pred[keep], minlength=121).reshape(11, 11)
-    iou = np.diag(confusion) / (confusion.sum(0) + confusion.sum(1) - np.diag(confusion))
+    iou = _recounted_iou(predictor, data, "val", FRAMES["val"])
     assert rows[0]["miou"] == pytest.approx(iou.mean() * 100, abs=1e-6)
     assert [rows[0]["iou"][c] for c in CLASSES] == pytest.approx(list(iou * 100), abs=1e-6)
     resolved = (out / "fcnkit_seed0" / "config.yaml").read_text()
     assert f"budget_minutes: {minutes}" in resolved and "metrics.jsonl" in {
         p.name for p in (out / "fcnkit_seed0").iterdir()
     }
+
+
+def _recounted_iou(predictor, data: Path, split: str, names: list[str]) -> np.ndarray:
+    """Per-class IoU of ``predictor`` on these frames, counted with numpy."""
+    confusion = np.zeros((11, 11), dtype=np.int64)
+    for name in names:
+        label = np.array(Image.open(data / f"{split}annot" / f"{name}.png")).astype(np.int64)
+        pred = predictor.predict(data / split / f"{name}.png").label.numpy()
+        keep = label != 11
+        confusion += np.bincount(label[keep] * 11 + pred[keep], minlength=121).reshape(11, 11)
+    return np.diag(confusion) / (confusion.sum(0) + confusion.sum(1) - np.diag(confusion))
+
+
+@pytest.mark.slow
+def test_held_out_drive_fold_trains_without_it_and_scores_only_it(tmp_path, capsys):
+    data = _tiny_camvid(tmp_path / "camvid")
+    out = tmp_path / "out"
+    argv = ["--data", str(data), "--minutes", "0.03", "--seeds", "0", "--out", str(out), "--eval-every", "1",
+            "--workers", "0", "--fold", "0006R0", "--set", "data.workers=0", "pictures=0", "ema_decay=null"]  # fmt: skip
+    assert _script().main(argv) == 0
+    rows = json.loads((out / "summary.json").read_text())
+    assert [(r["run"], r["seed"], r["fold"]) for r in rows] == [("fcnkit", 0, "0006R0"), ("smp FPN R18", 0, "0006R0")]
+    run_dir = out / "fcnkit_seed0_heldout_0006R0"
+    resolved = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
+    assert resolved["train_split"] == "train+val" and resolved["options"] == {"exclude_groups": ["0006R0"]}
+    assert resolved["val_options"] == {"groups": ["0006R0"]}
+    # the reported figure is the final weights' IoU on the held-out drive's three frames, recounted with numpy
+    predictor = Predictor(run_dir / "last.pth", device="cpu", optimize=False)
+    iou = _recounted_iou(predictor, data, "train", [n for n in FRAMES["train"] if n.startswith("0006R0")])
+    assert rows[0]["miou"] == pytest.approx(np.nanmean(iou) * 100, abs=1e-6)
+    printed = capsys.readouterr().out
+    assert "fcnkit on held-out drive 0006R0: mean mIoU over 1 seed(s)" in printed
+    assert "smp FPN R18 on held-out drive 0006R0" in printed
 
 
 def _row(run, seed, miou, small_iou, ips=10.0, settings=()):
