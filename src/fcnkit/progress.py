@@ -138,10 +138,6 @@ class Progress:
             self._redirect.enter_context(logging_redirect_tqdm(consoles))
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
-    @property
-    def uses_bar(self) -> bool:
-        return self._bar is not None
-
     def update(
         self,
         n: int = 1,
