@@ -142,6 +142,9 @@ def run_peer(args: argparse.Namespace, seed: int, out: Path, fold: str = "val") 
     from fcnkit.data import TrainTransform, build_dataset, pad_collate
     from fcnkit.engine.evaluate import evaluate
     from fcnkit.preprocessing import IMAGENET
+    from fcnkit.utils import tune_malloc
+
+    tune_malloc()  # the allocator setting of fcnkit train: the comparison is of recipes and models
 
     torch.manual_seed(seed)
     split = fold_data(fold)

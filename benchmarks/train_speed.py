@@ -15,6 +15,18 @@ Settings (the names of the recipe keys they stand for):
 
     python benchmarks/train_speed.py                                   # CPU: fp32 vs channels_last
     python benchmarks/train_speed.py --device cuda --settings fp32 channels_last channels_last+bf16 compile
+
+**The loop against its own compute** (``--config``): the run a recipe describes is built as ``fcnkit train``
+builds it (``build_run``), and each round times, in turn, (a) ``compute``: one epoch's worth of steps of the
+loop's own step code (forward, loss, backward, optimiser, scheduler, EMA) on one fixed batch already in memory,
+and (b) for every ``--variant``, one real epoch of ``train_one_epoch``: loader, augmentation, collation and the
+same step code, logging included. A variant is a list of config overrides (e.g. ``data.cache=true
+data.workers=0``). Each row is images/s (median over rounds) and its ratio to ``compute`` (median of the
+per-round ratios). The recipe's time budget, evaluation and periodic checkpoints are switched off.
+
+    python benchmarks/train_speed.py --config configs/camvid/budget30_fcn8s_camvid.yaml \
+        --set data.root=../shared/data/camvid --rounds 3 \
+        --variant data.cache=false data.workers=2 --variant data.cache=true data.workers=0
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import fcnkit
 from fcnkit.apps.benchmark import time_interleaved
 from fcnkit.engine.optim import build_optimizer
 from fcnkit.losses import SegmentationLoss
+from fcnkit.utils import tune_malloc
 
 SETTINGS = ("fp32", "channels_last", "bf16", "channels_last+bf16", "compile", "channels_last+compile")
 
@@ -65,6 +78,71 @@ def make_step(name: str, settings: str, args: argparse.Namespace, device: torch.
     return step
 
 
+def loop_against_compute(args: argparse.Namespace) -> int:
+    """The ``--config`` mode: rounds of compute-only steps and of real loop epochs, per variant."""
+    import tempfile
+
+    from fcnkit.config import load_config
+    from fcnkit.engine.run import build_run
+    from fcnkit.engine.train import forward_backward, optimizer_step, resume, train_one_epoch
+    from fcnkit.progress import Progress
+
+    variants = args.variant or [[]]
+    fixed = ["schedule.budget_minutes=null", "schedule.iterations=1000000", "eval_every=0", "checkpoint_every=0"]
+    runs, out = {}, tempfile.mkdtemp(prefix="train_speed_")
+    for i, overrides in enumerate(variants):
+        cfg = load_config(args.config, [*args.set, *fixed, *overrides, f"output_dir={out}/v{i}"])
+        run = build_run(cfg)
+        runs[" ".join(overrides) or "recipe"] = (run, resume(run))  # a fresh run directory
+    first, state0 = next(iter(runs.values()))
+    batch = next(iter(first.loader))  # one real batch of the first variant, reused by every compute step
+    steps = first.batches_per_epoch
+
+    def compute() -> None:
+        for _ in range(steps):
+            forward_backward(first, state0, batch)
+            optimizer_step(first)
+            first.scheduler.step()
+            if first.ema is not None:
+                first.ema.update(first.model)
+
+    def epoch_of(name: str):
+        run, state = runs[name]
+
+        def one_epoch() -> None:
+            run.cfg.max_steps = state.step + run.batches_per_epoch
+            with Progress(None, "step", enabled=False) as progress:
+                train_one_epoch(run, state, progress)
+            state.epoch, state.batches_done = state.epoch + 1, 0
+
+        return one_epoch
+
+    for run, _ in runs.values():  # oneDNN picks its kernels on the first steps: not timed
+        for _ in range(args.warmup):
+            forward_backward(run, state0, batch)
+            optimizer_step(run)
+    timers = {"compute": compute, **{name: epoch_of(name) for name in runs}}
+    seconds = time_interleaved(timers, torch.device("cpu"), 0, args.rounds)
+    images = {"compute": steps * first.cfg.data.batch_size}
+    images.update({name: run.batches_per_epoch * run.cfg.data.batch_size for name, (run, _) in runs.items()})
+    header = f"{'setting':<46}{'s/round':>9}{'images/s':>10}{'vs compute':>12}"
+    print(header)
+    print("-" * len(header))
+    for name, ts in seconds.items():
+        rates = [images[name] / t for t in ts]
+        ratio = statistics.median(r / (images["compute"] / c) for r, c in zip(rates, seconds["compute"], strict=True))
+        print(f"{name:<46}{statistics.median(ts):>9.1f}{statistics.median(rates):>10.2f}{ratio * 100:>11.1f}%")
+    cfg = first.cfg
+    print(
+        f"\nprotocol: {args.config} ({cfg.model.name} {cfg.model.options}, batch {cfg.data.batch_size}, crop "
+        f"{cfg.data.crop_size}); {args.rounds} rounds, each: compute = {steps} steps of the loop's step code on one "
+        f"fixed batch, then one epoch ({steps} batches) of train_one_epoch per variant; median images/s, ratio = "
+        f"median per-round ratio to compute; {args.warmup} untimed warm-up steps per variant; {platform.machine()}, "
+        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["fcn_resnet18_d8", "fcn8s_timm"])
@@ -76,7 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--config", help="time the training loop of this recipe against its compute (see above)")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides of --config for every variant")
+    parser.add_argument("--variant", nargs="*", action="append", help="overrides of one loop variant (repeatable)")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="keep glibc's default allocator (fcnkit train tunes it)"
+    )
     args = parser.parse_args(argv)
+    if not args.default_malloc:
+        tune_malloc()
+    if args.config:
+        return loop_against_compute(args)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True

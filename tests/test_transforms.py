@@ -6,9 +6,10 @@ import functools
 
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from fcnkit.data import EvalTransform, TrainTransform, pad_collate
-from fcnkit.data.transforms import resize_label
+from fcnkit.data.transforms import _resize_label_fast, jitter_colour, resize_label
 from fcnkit.preprocessing import CAFFE_BGR, IMAGENET
 
 
@@ -171,3 +172,54 @@ def test_pad_collate_in_a_dataloader():
     assert "label" not in pad_collate(unlabelled, ignore_index=255)
     with pytest.raises(ValueError, match="label"):
         pad_collate([samples[0], *unlabelled], ignore_index=255)
+
+
+def test_crop_of_a_rescaled_image_equals_the_crop_of_the_whole_image_rescaled():
+    """The transform resizes only the crop's window: it must match rescaling the whole frame, then cropping."""
+    torch.manual_seed(0)
+    sample = coded_sample(30, 40, num_classes=12)
+    sample["label"] = sample["label"].to(torch.uint8)  # as the memory cache keeps it
+    t = TrainTransform(IMAGENET, crop_size=(12, 16), scale_range=(2.0, 2.0), hflip=0.0)
+    for _ in range(5):
+        g = torch.Generator().manual_seed(int(torch.randint(0, 1000, ())))
+        t.generator = g
+        state = g.get_state()
+        out = t(sample)
+        g.set_state(state)
+        torch.rand((), generator=g)  # the scale draw
+        top, left = (int(torch.randint(0, hi + 1, (), generator=g)) for hi in (30 - 6, 40 - 8))  # source window
+        whole = TF.resize(sample["image"], [60, 80], antialias=False)
+        expected_label = resize_label(sample["label"].long(), (60, 80))[
+            2 * top : 2 * top + 12, 2 * left : 2 * left + 16
+        ]
+        assert out["label"].dtype == torch.int64 and torch.equal(out["label"], expected_label)
+        expected = IMAGENET(whole[:, 2 * top : 2 * top + 12, 2 * left : 2 * left + 16])
+        # away from the window's border, where bilinear would blend with pixels outside the window
+        torch.testing.assert_close(out["image"][:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1], atol=0.02, rtol=0)
+
+
+def test_window_past_the_image_is_padded_and_keeps_the_scale():
+    t = TrainTransform(IMAGENET, crop_size=(20, 20), scale_range=(2.0, 2.0), hflip=0.0, ignore_index=99)
+    sample = coded_sample(6, 8)  # rescaled 12 x 16: smaller than the crop on both sides
+    out = t(sample)
+    assert out["label"].shape == (20, 20)
+    assert torch.equal(out["label"][:12, :16], resize_label(sample["label"], (12, 16)))
+    assert (out["label"][12:] == 99).all() and (out["label"][:, 16:] == 99).all()
+
+
+def test_colour_jitter_matches_torchvision_on_float_images():
+    """jitter_colour on 0-255 floats = torchvision's three adjustments on the same image in 0-1, times 255."""
+    g = torch.Generator().manual_seed(3)
+    image = torch.rand(3, 9, 11, generator=g)
+    for b, c, s in [(1.2, 0.8, 1.1), (0.7, 1.3, 0.6), (1.0, 1.0, 1.0)]:
+        expected = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(image, b), c), s) * 255
+        torch.testing.assert_close(jitter_colour(image * 255, b, c, s), expected, atol=1e-3, rtol=0)
+
+
+def test_fast_label_resize_agrees_with_the_exact_one_on_uint8():
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 12, (37, 53), generator=g, dtype=torch.uint8)
+    for size in [(74, 106), (20, 31), (37, 53), (50, 90)]:
+        assert torch.equal(_resize_label_fast(label, size), resize_label(label, size))
+    wide = torch.tensor([[300, -5], [7, 255]])  # not uint8: the exact path
+    assert torch.equal(_resize_label_fast(wide, (4, 4)), resize_label(wide, (4, 4)))

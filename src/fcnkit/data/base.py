@@ -107,6 +107,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.label_reader = label_reader
         self.split = split
         self.source = str(source)
+        #: decoded samples (or the error each raised) once :meth:`cache` has run
+        self._cache: list[tuple[Tensor, Tensor | None] | DataError] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -129,8 +131,57 @@ class SegmentationDataset(torch.utils.data.Dataset):
             f"ignore_index={self.ignore_index}, source={self.source!r})"
         )
 
+    def cache(self, on_sample: Callable[[int], None] | None = None) -> int:
+        """Decode every sample once and keep it in memory; returns the bytes held.
+
+        From then on :meth:`load` copies nothing from disk: the image stays uint8 and the label is kept in the
+        smallest integer type that holds its values (uint8 for most datasets), so CamVid's 468 training frames
+        take 320 MB. A sample that cannot be read keeps its :class:`DataError`, raised again at every access,
+        so ``data.on_error`` treats it as before. ``on_sample(i)`` is called after each sample (progress).
+        DataLoader workers started afterwards share the decoded tensors with the parent process (fork).
+        """
+        entries: list[tuple[Tensor, Tensor | None] | DataError] = []
+        held = 0
+        for index in range(len(self.samples)):
+            try:
+                sample = self._read(index)
+            except DataError as e:
+                entries.append(e)
+            else:
+                label = sample.get("label")
+                if label is not None:
+                    label = label.to(_smallest_int_dtype(label, self.ignore_index))
+                    held += label.nbytes
+                entries.append((sample["image"], label))
+                held += sample["image"].nbytes
+            if on_sample is not None:
+                on_sample(index)
+        self._cache = entries
+        return held
+
+    @property
+    def cached(self) -> bool:
+        """Whether :meth:`cache` holds every sample in memory."""
+        return self._cache is not None
+
     def load(self, index: int) -> Sample:
-        """The raw sample, without ``transform``: uint8 image ``(3, H, W)``, int64 label ``(H, W)``, name."""
+        """The raw sample, without ``transform``: uint8 image ``(3, H, W)``, int64 label ``(H, W)``, name.
+
+        From memory after :meth:`cache`, where the label keeps its compact integer type.
+        """
+        if self._cache is None:
+            return self._read(index)
+        entry = self._cache[index]
+        if isinstance(entry, DataError):
+            raise entry
+        image, label = entry
+        sample: Sample = {"image": image, "name": self.samples[index].name}
+        if label is not None:
+            sample["label"] = label
+        return sample
+
+    def _read(self, index: int) -> Sample:
+        """Sample ``index`` read from its files and checked."""
         files = self.samples[index]
         image = read_image(files.image)
         sample: Sample = {"image": image, "name": files.name}
@@ -178,6 +229,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 "orientation tag that the label lacks (images are read upright, as viewers show them)"
             )
         return msg
+
+
+def _smallest_int_dtype(label: Tensor, ignore_index: int) -> torch.dtype:
+    """uint8, int16 or int32 when every value of ``label`` (and the ignore index) fits, else int64."""
+    low = min(int(label.min()), ignore_index) if label.numel() else ignore_index
+    high = max(int(label.max()), ignore_index) if label.numel() else ignore_index
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return dtype
+    return torch.int64
 
 
 def select_groups(

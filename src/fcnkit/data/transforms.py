@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
@@ -37,9 +38,19 @@ def resize_label(label: Tensor, size: tuple[int, int]) -> Tensor:
     """
     h_in, w_in = label.shape[-2:]
     h, w = size
-    rows = ((torch.arange(h, dtype=torch.float64) + 0.5) * (h_in / h)).floor().long().clamp_(max=h_in - 1)
-    cols = ((torch.arange(w, dtype=torch.float64) + 0.5) * (w_in / w)).floor().long().clamp_(max=w_in - 1)
+    # floor((i + 0.5) * n_in / n) in integers: exact, and cheaper than float64
+    rows = ((2 * torch.arange(h) + 1) * h_in).div_(2 * h, rounding_mode="floor").clamp_(max=h_in - 1)
+    cols = ((2 * torch.arange(w) + 1) * w_in).div_(2 * w, rounding_mode="floor").clamp_(max=w_in - 1)
     return label[..., rows[:, None], cols[None, :]]
+
+
+def _resize_label_fast(label: Tensor, size: tuple[int, int]) -> Tensor:
+    """:func:`resize_label` for augmentation: uint8 labels (those of :meth:`SegmentationDataset.cache`) through
+    ``interpolate(mode="nearest-exact")``, the same rule in float arithmetic: 2.5x faster, and in a random test of
+    3000 sizes one row or column landed one pixel off."""
+    if label.dtype != torch.uint8:
+        return resize_label(label, size)
+    return F.interpolate(label[None, None], size=size, mode="nearest-exact")[0, 0]
 
 
 def pad_value_rgb(preprocessing: Preprocessing) -> tuple[float, float, float]:
@@ -116,51 +127,93 @@ class TrainTransform:
         image, label = sample["image"], sample.get("label")
         if label is None:
             raise DataError(f"TrainTransform needs a labelled sample; {sample.get('name')!r} has no label")
-        image, label = self._rescale(image, label)
-
         h, w = image.shape[-2:]
-        ch, cw = self.crop_size if self.crop_size is not None else (h, w)
-        # The image sits at the top-left of a canvas padded to at least the crop size; the crop window is
-        # drawn on that canvas, so small images keep all their pixels and only the window's overhang is pad.
-        top = self._randint(max(h, ch) - ch)
-        left = self._randint(max(w, cw) - cw)
-        image = image[:, top : top + ch, left : left + cw]
-        label = label[top : top + ch, left : left + cw]
+        s = self._scale(h, w)
+        if self.crop_size is None:
+            # the whole image, rescaled
+            ch, cw = max(1, math.floor(h * s + 0.5)), max(1, math.floor(w * s + 0.5))
+            window = (ch, cw, 0, 0, h, w)
+        else:
+            ch, cw = self.crop_size
+            window = self._window(h, w, ch, cw, s)
+        # Crop first, then resize only the window: the same pixels as resizing the whole image by ``s`` and
+        # cropping it, for a fraction of the work (a 1.5x rescale of a 360x480 frame then a 224x288 crop
+        # would resize 2.25 times the frame's pixels to keep a sixth of them).
+        oh, ow, top, left, ih, iw = window
+        image = image[:, top : top + ih, left : left + iw]
+        label = label[top : top + ih, left : left + iw]
+        if (oh, ow) != (ih, iw):
+            # antialiasing only matters when shrinking, and its kernel is the slower one
+            antialias = oh < ih or ow < iw
+            image = TF.resize(image, [oh, ow], interpolation=TF.InterpolationMode.BILINEAR, antialias=antialias)
+            label = _resize_label_fast(label, (oh, ow))
 
+        image = image.float()
         if self.color_jitter > 0:
             image = self._jitter(image)  # before padding, so the pad keeps its exact value
 
         # Padding the image with the mean means it becomes exactly 0 after normalisation: the network
         # sees "no signal" there, as it does past a convolution's zero padding, rather than a black
         # border that is a strong, fake edge. The label pad is the ignore value so it never trains a class.
-        canvas = torch.empty((3, ch, cw), dtype=torch.float32)
-        canvas[:] = torch.tensor(pad_value_rgb(self.preprocessing)).view(3, 1, 1)
-        canvas[:, : image.shape[1], : image.shape[2]] = image
-        label_canvas = torch.full((ch, cw), self.ignore_index, dtype=torch.int64)
-        label_canvas[: label.shape[0], : label.shape[1]] = label
+        if (oh, ow) == (ch, cw):
+            canvas, label_canvas = image, label.to(torch.int64)
+        else:
+            canvas = torch.empty((3, ch, cw), dtype=torch.float32)
+            canvas[:] = torch.tensor(pad_value_rgb(self.preprocessing)).view(3, 1, 1)
+            canvas[:, :oh, :ow] = image
+            label_canvas = torch.full((ch, cw), self.ignore_index, dtype=torch.int64)
+            label_canvas[:oh, :ow] = label
 
         if torch.rand((), generator=self.generator).item() < self.hflip:
             canvas, label_canvas = canvas.flip(-1), label_canvas.flip(-1)
         return {**sample, "image": self.preprocessing(canvas), "label": label_canvas}
 
-    def _rescale(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
+    def _scale(self, h: int, w: int) -> float:
+        """The rescale factor of this sample: drawn from ``scale_range``, relative to ``base_size`` if set."""
         if self.scale_range is None:
-            return image, label
+            return 1.0
         s = self._uniform(*self.scale_range)
-        h, w = image.shape[-2:]
-        if self.base_size is not None:
-            s = self.base_size * s / max(h, w)
-        size = (max(1, math.floor(h * s + 0.5)), max(1, math.floor(w * s + 0.5)))
-        if size == (h, w):
-            return image, label
-        image = TF.resize(image, list(size), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        return image, resize_label(label, size)
+        return self.base_size * s / max(h, w) if self.base_size is not None else s
+
+    def _window(self, h: int, w: int, ch: int, cw: int, s: float) -> tuple[int, int, int, int, int, int]:
+        """Where a ``ch x cw`` crop of the image rescaled by ``s`` comes from, in the original image.
+
+        The crop covers ``round(ch / s) x round(cw / s)`` source pixels. That window is drawn uniformly on the
+        image padded bottom-right to at least the window's size, so small images keep all their pixels and only
+        the overhang is padding. Returns ``(oh, ow, top, left, ih, iw)``: the part of the window inside the
+        image, ``ih x iw`` at ``(top, left)``, becomes the top-left ``oh x ow`` of the crop.
+        """
+        bh, bw = max(1, math.floor(ch / s + 0.5)), max(1, math.floor(cw / s + 0.5))
+        top = self._randint(max(h, bh) - bh)
+        left = self._randint(max(w, bw) - bw)
+        ih, iw = min(bh, h - top), min(bw, w - left)
+        oh = ch if ih == bh else max(1, min(ch, math.floor(ih * ch / bh + 0.5)))
+        ow = cw if iw == bw else max(1, min(cw, math.floor(iw * cw / bw + 0.5)))
+        return oh, ow, top, left, ih, iw
 
     def _jitter(self, image: Tensor) -> Tensor:
         j = self.color_jitter
-        image = TF.adjust_brightness(image, self._uniform(1 - j, 1 + j))
-        image = TF.adjust_contrast(image, self._uniform(1 - j, 1 + j))
-        return TF.adjust_saturation(image, self._uniform(1 - j, 1 + j))
+        factors = [self._uniform(1 - j, 1 + j) for _ in range(3)]
+        return jitter_colour(image, *factors)
+
+
+def _grey(image: Tensor) -> Tensor:
+    """ITU-R 601 luma of an RGB ``(3, H, W)`` image, ``(1, H, W)``: torchvision's ``rgb_to_grayscale`` weights."""
+    r, g, b = image.unbind(-3)
+    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)
+
+
+def jitter_colour(image: Tensor, brightness: float, contrast: float, saturation: float) -> Tensor:
+    """Brightness, then contrast, then saturation of a float RGB image in 0-255 units, each clamped to 0-255.
+
+    The formulas of torchvision's ``adjust_brightness`` / ``adjust_contrast`` / ``adjust_saturation``, on
+    0-255 floats in one pass: no uint8 round trip (and its truncation) between the three steps.
+    """
+    image = image.mul(brightness).clamp_(0, 255)
+    mean = _grey(image).mean()
+    image = image.mul_(contrast).add_(mean * (1.0 - contrast)).clamp_(0, 255)
+    grey = _grey(image)  # before the in-place scaling below
+    return image.mul_(saturation).add_(grey, alpha=1.0 - saturation).clamp_(0, 255)
 
 
 class EvalTransform:

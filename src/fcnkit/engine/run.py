@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from ..data import SegmentationDataset, TrainTransform, build_dataset, check_dat
 from ..errors import ConfigError, DataError
 from ..losses import SegmentationLoss, median_frequency_weights
 from ..models import create_model
-from ..progress import get_logger
-from ..utils import AMP_DTYPES, resolve_device
+from ..progress import Progress, get_logger
+from ..utils import AMP_DTYPES, resolve_device, tune_malloc
 from .clock import BudgetClock
 from .distributed import DistInfo, ResumableSampler, broadcast_from_main, init_distributed
 from .ema import ModelEMA
@@ -96,6 +97,8 @@ def build_run(cfg: TrainConfig) -> Run:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {cfg.device!r} but torch sees no CUDA device; use device=auto or cpu")
     amp_dtype = _amp_dtype(cfg.amp, device)
+    if cfg.tune_malloc:
+        tune_malloc()
     info = init_distributed(device.type)
     if cfg.sync_bn and info.enabled and device.type != "cuda":
         raise ConfigError("sync_bn needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation")
@@ -110,6 +113,8 @@ def build_run(cfg: TrainConfig) -> Run:
     np.random.seed(cfg.seed)
 
     train_set, val_set = _datasets(cfg.data)
+    if cfg.data.cache:
+        _cache(train_set, info)
     leaking = shared_groups(train_set, val_set)
     if leaking and info.is_main:
         log.warning(
@@ -177,6 +182,21 @@ def _datasets(d: DataConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
     val_options = d.val_options if d.val_options is not None else d.options
     val_set = build_dataset(d.val_name or d.name, d.val_root or d.root, d.val_split, **val_options)
     return train_set, val_set
+
+
+def _cache(dataset: SegmentationDataset, info: DistInfo) -> None:
+    """Decode the training split into memory (``data.cache``), with a progress bar and what it took."""
+    start = time.perf_counter()
+    progress = Progress(
+        len(dataset), "caching", unit="image", logger=log, log_every=100, min_interval=5.0, enabled=info.is_main
+    )
+    with progress:
+        held = dataset.cache(on_sample=lambda _: progress.update(1))
+    if info.is_main:
+        log.info(
+            f"data.cache: {len(dataset)} training samples decoded into memory "
+            f"({held / 2**20:.0f} MiB, {time.perf_counter() - start:.1f} s)"
+        )
 
 
 def _run_length(cfg: TrainConfig, batches_per_epoch: int) -> tuple[int | None, int | None]:

@@ -37,7 +37,17 @@ from .run import Run, build_run
 from .runlog import append_record
 from .state import TrainState, gather_rng_states, rank_rng_state, set_rng_state
 
-__all__ = ["TrainResult", "evaluate_and_log", "resume", "save_checkpoint", "should_stop", "train", "train_one_epoch"]
+__all__ = [
+    "TrainResult",
+    "evaluate_and_log",
+    "forward_backward",
+    "optimizer_step",
+    "resume",
+    "save_checkpoint",
+    "should_stop",
+    "train",
+    "train_one_epoch",
+]
 
 log = get_logger("train")
 
@@ -159,7 +169,7 @@ def train_one_epoch(run: Run, state: TrainState, progress: Progress) -> None:
         state.batches_done += 1
         run.skipped.add(batch["skipped"])
         if "image" in batch:
-            parts = _forward_backward(run, state, batch)
+            parts = forward_backward(run, state, batch)
             pending += 1
         elif run.dist.enabled:  # every sample unreadable: this rank would miss the other ranks' gradient sync
             files = ", ".join(item["path"] for item in batch["skipped"])
@@ -170,7 +180,7 @@ def train_one_epoch(run: Run, state: TrainState, progress: Progress) -> None:
             )
         if state.batches_done % cfg.accumulate or not pending:
             continue
-        _optimizer_step(run)
+        optimizer_step(run)
         pending = 0
         state.step += 1
         state.train_seconds = run.clock.mark()  # the reading the lr and the stop decision use
@@ -190,7 +200,7 @@ def train_one_epoch(run: Run, state: TrainState, progress: Progress) -> None:
         _log_skipped(run, state)
 
 
-def _forward_backward(run: Run, state: TrainState, batch: dict[str, Any]) -> dict[str, float]:
+def forward_backward(run: Run, state: TrainState, batch: dict[str, Any]) -> dict[str, float]:
     """One micro-batch: forward, the loss (a non-finite one stops training), backward of loss / accumulate."""
     cfg = run.cfg
     images = batch["image"].to(run.device, non_blocking=True)
@@ -211,7 +221,7 @@ def _forward_backward(run: Run, state: TrainState, batch: dict[str, Any]) -> dic
     return parts
 
 
-def _optimizer_step(run: Run) -> None:
+def optimizer_step(run: Run) -> None:
     if run.cfg.clip_grad_norm:
         run.scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad_norm)
