@@ -16,6 +16,7 @@ code (``fcnkit.engine.evaluate.evaluate``: one confusion matrix over the split, 
     python benchmarks/camvid_budget.py --data ../shared/data/camvid --runs peer --seeds 0 --minutes 20
     python benchmarks/camvid_budget.py --data ../shared/data/camvid --recipe configs/camvid/other.yaml \\
         --set loss.class_weights=null --tag no_class_weights --runs fcnkit            # an ablation row
+    python benchmarks/camvid_budget.py --data ../shared/data/camvid --runs fcnkit --tta flip flip_ms  # TTA rows
 
 **Held-out drives** (``--fold DRIVE``, e.g. ``--fold 0006R0 0001TP``): SegNet's val frames come from drive 0016E5,
 whose other frames are in train, so val rewards memory of neighbouring frames. With a fold, both runs train on
@@ -243,14 +244,46 @@ def print_ablation(rows: list[dict]) -> None:
     changed = [r for r in rows if r["run"].startswith("fcnkit ") and key(r) in base]
     if not changed:
         return
-    print(f"{'run':<28}{'seed':>5}{'mIoU':>7}{'delta':>7}{'small':>7}{'delta':>7}{'img/s':>7}  overrides")
+    print(f"{'run':<28}{'fold':>8}{'seed':>5}{'mIoU':>7}{'delta':>7}{'small':>7}{'delta':>7}{'img/s':>7}  overrides")
     for r in [base[k] for k in sorted(base)] + changed:
         b = base[key(r)]
         print(
-            f"{r['run']:<28}{r['seed']:>5}{r['miou']:>7.2f}{r['miou'] - b['miou']:>+7.2f}"
+            f"{r['run']:<28}{r.get('fold', 'val'):>8}{r['seed']:>5}{r['miou']:>7.2f}{r['miou'] - b['miou']:>+7.2f}"
             f"{small_classes_mean(r):>7.2f}{small_classes_mean(r) - small_classes_mean(b):>+7.2f}"
             f"{r['images_per_s']:>7.2f}  {' '.join(r.get('settings', []))}"
         )
+    for line in ablation_summary(rows):
+        print(line)
+
+
+def ablation_summary(rows: list[dict]) -> list[str]:
+    """Per change and fold: the mean mIoU delta over the seeds both runs have, against the recipe's seed spread.
+
+    A change counts as a gain or a loss only when its mean delta exceeds the spread (max - min) of the recipe's
+    own seeds on that fold; otherwise it is noise. With one seed of the recipe there is no spread to judge by.
+    """
+    lines = []
+    base = {(r["seed"], r.get("fold", "val")): r for r in rows if r["run"] == "fcnkit"}
+    for kind, fold in dict.fromkeys((r["run"], r.get("fold", "val")) for r in rows if r["run"].startswith("fcnkit ")):
+        pairs = [(r, base[(r["seed"], fold)]) for r in rows if r["run"] == kind and (r["seed"], fold) in base]
+        pairs = [(r, b) for r, b in pairs if r.get("fold", "val") == fold]
+        if not pairs:
+            continue
+        deltas = [r["miou"] - b["miou"] for r, b in pairs]
+        mean = sum(deltas) / len(deltas)
+        recipe = [b["miou"] for (s, f), b in base.items() if f == fold]
+        spread = max(recipe) - min(recipe) if len(recipe) > 1 else None
+        if spread is None:
+            verdict = "one recipe seed: no spread to judge by"
+        elif abs(mean) <= spread:
+            verdict = f"within the recipe's seed spread ({spread:.2f}): noise"
+        else:
+            verdict = f"{'gain' if mean > 0 else 'loss'} beyond the recipe's seed spread ({spread:.2f})"
+        lines.append(
+            f"{kind} on {fold}: mean delta {mean:+.2f} over {len(deltas)} seed(s) "
+            f"({', '.join(f'{d:+.2f}' for d in deltas)}); {verdict}"
+        )
+    return lines
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -283,6 +316,41 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+#: the test-time inference of ``--tta``: name -> InferenceConfig fields
+TTA = {"flip": {"flip": True}, "flip_ms": {"flip": True, "scales": [0.75, 1.0, 1.25]}}
+
+
+def tta_row(args: argparse.Namespace, recipe_row: dict, name: str, run_dir: Path) -> dict:
+    """The recipe's run of ``run_dir`` (its final EMA weights, those its last evaluation scored) evaluated again
+    on its fold with the test-time inference ``TTA[name]``: an ablation row that needs no training."""
+    from fcnkit.checkpoint import load_checkpoint, read_checkpoint
+    from fcnkit.config import InferenceConfig
+    from fcnkit.data import build_dataset
+    from fcnkit.engine.evaluate import evaluate
+
+    split = fold_data(recipe_row.get("fold", "val"))
+    options = split["val_options"] if split["val_options"] is not None else split["options"]
+    val_set = build_dataset("camvid", args.data, split["val_split"], **options)
+    model = load_checkpoint(run_dir / "last.pth")
+    ema = read_checkpoint(run_dir / "last.pth").get("ema")
+    if ema:
+        model.load_state_dict(ema["module"])
+    metrics = evaluate(model, val_set, inference=InferenceConfig(**TTA[name]))
+    row = _record(
+        f"fcnkit tta_{name}",
+        recipe_row["seed"],
+        metrics.as_dict(),
+        list(val_set.classes),
+        recipe_row["steps"],
+        recipe_row["images_per_s"],
+        recipe_row["train_minutes"],
+        [],
+    )
+    row["fold"] = recipe_row.get("fold", "val")
+    row["settings"] = [f"test.{key}={json.dumps(value)}" for key, value in TTA[name].items()]
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="the CamVid folder (train/, trainannot/, val/, valannot/)")
@@ -299,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the fcnkit recipe")
     parser.add_argument("--tag", default="", help="suffix of the fcnkit run's name (ablations)")
+    parser.add_argument(
+        "--tta",
+        nargs="+",
+        default=[],
+        choices=sorted(TTA),
+        help="also evaluate the recipe's runs with test-time inference (flip; flip + scales 0.75 / 1 / 1.25)",
+    )
     parser.add_argument("--eval-every", type=float, default=5.0, help="minutes between the peer's evaluations")
     parser.add_argument("--workers", type=int, default=2, help="the peer's data-loading processes")
     parser.add_argument("--out", type=Path, default=Path("runs/camvid_budget"))
@@ -325,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
                 key = (row["run"], seed, fold)
                 rows = [r for r in rows if (r["run"], r["seed"], r.get("fold", "val")) != key] + [row]
                 summary_path.write_text(json.dumps(rows, indent=1))
+                if kind == "fcnkit" and not args.tag:
+                    for tta in args.tta:
+                        extra = tta_row(args, row, tta, args.out / name)
+                        key = (extra["run"], seed, fold)
+                        rows = [r for r in rows if (r["run"], r["seed"], r.get("fold", "val")) != key] + [extra]
+                        summary_path.write_text(json.dumps(rows, indent=1))
     print_table(rows)
     print_ablation(rows)
     plot(rows, args.out / "miou_vs_minutes.png")

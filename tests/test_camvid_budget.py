@@ -131,7 +131,18 @@ def test_ablation_rows_are_compared_with_the_recipe_of_the_same_seed(capsys):
     assert script.small_classes_mean(rows[3]) == 12.5
     script.print_ablation(rows)
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5  # header, the recipe's two seeds, two changes; seed 2 has no recipe row, the peer none
-    assert lines[3].split() == ["fcnkit", "no_ema", "0", "45.50", "-4.50", "12.50", "-7.50", "10.00", "ema_decay=null"]
-    assert " ".join(lines[4].split()) == "fcnkit nchw 1 48.25 +0.25 10.00 +0.00 8.00 channels_last=false"
-    assert lines[1].split()[:5] == ["fcnkit", "0", "50.00", "+0.00", "20.00"]
+    # header, the recipe's two seeds, two changes (seed 2 has no recipe row, the peer none), a summary per change
+    assert len(lines) == 7
+    assert lines[3].split() == [
+        "fcnkit", "no_ema", "val", "0", "45.50", "-4.50", "12.50", "-7.50", "10.00", "ema_decay=null"
+    ]  # fmt: skip
+    assert " ".join(lines[4].split()) == "fcnkit nchw val 1 48.25 +0.25 10.00 +0.00 8.00 channels_last=false"
+    assert lines[1].split()[:6] == ["fcnkit", "val", "0", "50.00", "+0.00", "20.00"]
+    # the recipe's seeds are 2.00 apart: -4.50 is a loss beyond it, +0.25 noise
+    assert lines[5] == (
+        "fcnkit no_ema on val: mean delta -4.50 over 1 seed(s) (-4.50); loss beyond the recipe's seed spread (2.00)"
+    )
+    assert (
+        lines[6]
+        == "fcnkit nchw on val: mean delta +0.25 over 1 seed(s) (+0.25); within the recipe's seed spread (2.00): noise"
+    )

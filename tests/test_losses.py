@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fcnkit.losses import SegmentationLoss, class_presence, median_frequency_weights
+from fcnkit.losses import SegmentationLoss, class_presence, class_weights_from_counts, median_frequency_weights
 
 IGNORE = 255
 
@@ -314,3 +314,16 @@ def test_segmentation_loss_sums_the_weighted_terms():
         SegmentationLoss(reduction="sum", dice_weight=1.0)
     with pytest.raises(ConfigError, match="not all 0"):
         SegmentationLoss(ce_weight=0.0)
+
+
+def test_enet_and_square_root_class_weightings_by_hand():
+    # ENet: 1 / ln(1.02 + share); shares 0.1, 0.3, 0.6 and an absent class
+    w = class_weights_from_counts("enet", [10, 30, 60, 0])
+    expected = [1 / math.log(1.12), 1 / math.log(1.32), 1 / math.log(1.62), 0.0]
+    torch.testing.assert_close(w, torch.tensor(expected), rtol=1e-6, atol=0)
+    assert 1 / math.log(2.02) <= float(w[:3].min()) and float(w.max()) <= 1 / math.log(1.02)
+    # median frequency of [10, 20, 40] is 2, 1, 0.5: its square root
+    w = class_weights_from_counts("sqrt_median_frequency", [10, 20, 40, 0])
+    torch.testing.assert_close(w, torch.tensor([2**0.5, 1.0, 0.5**0.5, 0.0]), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match=r"unknown class weighting 'inverse'.*median_frequency"):
+        class_weights_from_counts("inverse", [1, 2])

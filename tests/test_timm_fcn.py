@@ -5,7 +5,7 @@ import timm
 import torch
 
 import fcnkit
-from fcnkit.errors import UnknownNameError
+from fcnkit.errors import ConfigError, UnknownNameError
 
 
 @pytest.mark.parametrize("head", ["fcn32s", "fcn16s", "fcn8s", "fcn"])
@@ -69,3 +69,27 @@ def test_aligned_skip_fusion_reproduces_a_linear_ramp(upsample):
     out = head(feats, (h, w))[0, 0, h // 2]
     x = torch.arange(w, dtype=torch.float32)
     assert torch.allclose(out[32:-32], 3 * x[32:-32], atol=1e-3)
+
+
+def test_full_mixing_starts_as_the_sum_and_can_weigh_each_path():
+    torch.manual_seed(0)
+    summed = fcnkit.create_model("fcn8s_timm", num_classes=4, backbone="resnet18", upsample="bilinear").eval()
+    mixed = fcnkit.create_model("fcn8s_timm", num_classes=4, backbone="resnet18", upsample="bilinear", fuse="mix")
+    mixed.eval()
+    with torch.no_grad():  # the score layers start at zero: give every path a signal
+        for name in ("score_fr", "score_pool4", "score_pool3"):
+            getattr(summed.classifier, name).weight.normal_(0, 0.05)
+    result = mixed.load_state_dict(summed.state_dict(), strict=False)
+    assert sorted(result.missing_keys) == ["classifier.mix.bias", "classifier.mix.weight"]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(x)["out"], summed(x)["out"], rtol=1e-5, atol=1e-5)
+        # only the stride-8 path (score_pool3) kept: the summed head with the two coarser score layers at zero
+        eye = torch.eye(4).view(4, 4, 1, 1)
+        mixed.classifier.mix.weight.copy_(torch.cat([0 * eye, 0 * eye, eye], dim=1))
+        for name in ("score_fr", "score_pool4"):
+            getattr(summed.classifier, name).weight.zero_()
+            getattr(summed.classifier, name).bias.zero_()
+        torch.testing.assert_close(mixed(x)["out"], summed(x)["out"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="FCN-32s has one path"):
+        fcnkit.create_model("fcn32s_timm", num_classes=4, backbone="resnet18", fuse="mix")

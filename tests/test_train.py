@@ -116,6 +116,21 @@ def test_every_shipped_recipe_loads_and_builds_its_model(recipe):
 # ------------------------------------------------------------------------------------------- the loop
 
 
+def test_eval_ema_scores_the_weights_the_final_validation_scored(folder_data, tmp_path, capsys):
+    out = tmp_path / "ema"
+    train(tiny_config(folder_data, out, "ema_decay=0.9", "pictures=0", "schedule.epochs=1"))
+    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in line][-1]
+    assert main(["eval", str(out / "last.pth"), "--ema", "--workers", "0", "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["miou"] == pytest.approx(final["val"]["miou"], abs=1e-12)
+    ckpt = torch.load(out / "last.pth", weights_only=True)  # the EMA really is other weights than the raw ones
+    assert any(not torch.equal(v, ckpt["ema"]["module"][k]) for k, v in ckpt["state_dict"].items())
+    plain = tmp_path / "plain"
+    train(tiny_config(folder_data, plain, "pictures=0", "schedule.epochs=1"))
+    capsys.readouterr()
+    assert main(["eval", str(plain / "last.pth"), "--ema", "--workers", "0"]) == 2
+    assert "holds no EMA weights" in capsys.readouterr().err
+
+
 def test_train_writes_run_dir_and_eval_prints_metrics(folder_data, tmp_path, capsys):
     out = tmp_path / "run"
     result = train(tiny_config(folder_data, out))

@@ -75,6 +75,13 @@ class DataConfig:
     base_size: int | None = None
     hflip: float = 0.5
     color_jitter: float = 0.0
+    #: probabilities that a training batch is mixed (at most one per batch; fcnkit.data.mixing): Mosaic of four
+    #: half-size samples, CutMix of a partner's box, MixUp of two samples (the loss then mixes both labels'
+    #: losses); mix_alpha is the Beta(alpha, alpha) parameter of CutMix's and MixUp's share
+    mosaic: float = 0.0
+    cutmix: float = 0.0
+    mixup: float = 0.0
+    mix_alpha: float = 1.0
     batch_size: int = 8
     val_batch_size: int = 1
     workers: int = 2
@@ -91,8 +98,10 @@ class LossConfig:
     #: "mean" over valid pixels, or "sum" over pixels as in the original FCN recipes. The two differ by a
     #: factor of about H*W*batch in gradient size: the summed recipes use lr around 1e-10. Change both together.
     reduction: Reduction = "mean"
-    #: a list of per-class weights, "median_frequency" (computed from the training labels), or null
-    class_weights: list[float] | Literal["median_frequency"] | None = None
+    #: a list of per-class weights, a method computing them from the training labels' class pixel counts
+    #: ("median_frequency": median(f) / f_c; "sqrt_median_frequency": its square root; "enet": 1 / ln(1.02 + p_c)),
+    #: or null
+    class_weights: list[float] | Literal["median_frequency", "sqrt_median_frequency", "enet"] | None = None
     aux_weight: float = 0.0
     #: EncNet's semantic-encoding loss (BCE on which classes occur in the image); FastFCN uses 0.2
     se_weight: float = 0.0

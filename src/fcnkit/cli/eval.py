@@ -10,7 +10,7 @@ from ..checkpoint import load_checkpoint, read_checkpoint
 from ..data import build_dataset
 from ..engine.evaluate import evaluate
 from ..engine.pictures import save_evaluation_pictures
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..inference import describe_inference, optimized_or_plain
 from ..utils import resolve_device
 from .args import add_device_arg, add_inference_args, inference_from_args
@@ -30,7 +30,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = (run_options or {}) if name == run_name else {}
     dataset = build_dataset(name, root, split, **options)
     device = resolve_device(args.device)
-    model = load_checkpoint(args.checkpoint).to(device)
+    model = load_checkpoint(args.checkpoint)
+    if args.ema:
+        if not ckpt.get("ema"):
+            raise CheckpointError(
+                f"{args.checkpoint} holds no EMA weights: it was trained without ema_decay, or it is a best.pth "
+                "(which already holds them)"
+            )
+        model.load_state_dict(ckpt["ema"]["module"])
+    model = model.to(device)
     if not args.no_optimize:
         model = optimized_or_plain(model, args.backend)
     inference = inference_from_args(args, run.get("test"))
@@ -64,6 +72,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="1 is exact; larger batches pad images")
     p.add_argument("--workers", type=int, default=2)
     add_device_arg(p)
+    p.add_argument(
+        "--ema",
+        action="store_true",
+        help="a training run's last.pth: evaluate its EMA weights (those validation scores) instead of the raw ones",
+    )
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--pictures", metavar="DIR", help="write confusion_matrix.png and per_class_iou.png into DIR")
     add_inference_args(p)

@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader
 
 from ..config import AmpMode, DataConfig, TrainConfig
 from ..data import SegmentationDataset, TrainTransform, build_dataset, check_dataset, shared_groups
+from ..data.mixing import BatchMixer
 from ..errors import ConfigError, DataError
-from ..losses import SegmentationLoss, median_frequency_weights
+from ..losses import SegmentationLoss, class_weights_from_counts
 from ..models import create_model
 from ..progress import Progress, get_logger
 from ..utils import AMP_DTYPES, resolve_device, tune_malloc
@@ -83,6 +84,8 @@ class Run:
     amp_dtype: torch.dtype | None
     clock: BudgetClock
     skipped: SkippedSamples
+    #: Mosaic / CutMix / MixUp of training batches (``data.mosaic`` / ``cutmix`` / ``mixup``)
+    mixer: BatchMixer
     writer: Any | None = None
 
     @property
@@ -127,6 +130,8 @@ def build_run(cfg: TrainConfig) -> Run:
     model.classes = list(train_set.classes)
     model.palette = [tuple(c) for c in train_set.palette] if train_set.palette else None
     transform = TrainTransform.from_config(model.preprocessing, cfg.data, train_set.ignore_index)
+    d = cfg.data
+    mixer = BatchMixer(d.mosaic, d.cutmix, d.mixup, d.mix_alpha, ignore_index=train_set.ignore_index)
     train_data, sampler, loader = build_train_loader(
         train_set, transform, cfg.data, cfg.seed, info, pin_memory=device.type == "cuda"
     )
@@ -172,6 +177,7 @@ def build_run(cfg: TrainConfig) -> Run:
         amp_dtype=amp_dtype,
         clock=clock,
         skipped=SkippedSamples(log),
+        mixer=mixer,
         writer=_tensorboard(cfg, info, paths),
     )
 
@@ -217,9 +223,10 @@ def _amp_dtype(amp: AmpMode, device: torch.device) -> torch.dtype | None:
 
 
 def resolve_class_weights(cfg: TrainConfig, dataset: SegmentationDataset) -> list[float] | None:
-    """``loss.class_weights``, with ``"median_frequency"`` computed from the labels of ``dataset``."""
-    if cfg.loss.class_weights != "median_frequency":
-        return cfg.loss.class_weights
+    """``loss.class_weights``, a method's weights (``"median_frequency"``, ...) computed from the labels of ``dataset``."""
+    method = cfg.loss.class_weights
+    if not isinstance(method, str):
+        return method
     report = check_dataset(dataset)  # the same pass `fcnkit data check` makes: per-class pixel counts
     if report.errors and cfg.data.on_error != "skip":
         raise DataError(
@@ -228,7 +235,7 @@ def resolve_class_weights(cfg: TrainConfig, dataset: SegmentationDataset) -> lis
         )
     if report.errors:
         log.warning(f"class weights from the {report.num_checked - report.num_errors} readable training samples")
-    return median_frequency_weights(torch.tensor(report.class_pixels, dtype=torch.float64)).tolist()
+    return class_weights_from_counts(method, torch.tensor(report.class_pixels, dtype=torch.float64)).tolist()
 
 
 def _warn_lr_reduction(cfg: TrainConfig, info: DistInfo) -> None:

@@ -169,6 +169,8 @@ def train_one_epoch(run: Run, state: TrainState, progress: Progress) -> None:
         state.batches_done += 1
         run.skipped.add(batch["skipped"])
         if "image" in batch:
+            if run.mixer.enabled:
+                batch = run.mixer(batch, (cfg.seed, run.dist.rank, state.epoch, state.batches_done))
             parts = forward_backward(run, state, batch)
             pending += 1
         elif run.dist.enabled:  # every sample unreadable: this rank would miss the other ranks' gradient sync
@@ -209,7 +211,13 @@ def forward_backward(run: Run, state: TrainState, batch: dict[str, Any]) -> dict
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
         outputs = run.net(images)
-    loss, parts = run.criterion({k: v.float() for k, v in outputs.items()}, labels)
+    outputs = {k: v.float() for k, v in outputs.items()}
+    loss, parts = run.criterion(outputs, labels)
+    if "lam" in batch:  # MixUp: the loss of each of the two label maps, weighted as the images were
+        lam = batch["lam"]
+        loss_b, parts_b = run.criterion(outputs, batch["label_b"].to(run.device, non_blocking=True))
+        loss = lam * loss + (1.0 - lam) * loss_b
+        parts = {k: lam * v + (1.0 - lam) * parts_b[k] for k, v in parts.items()}
     if not torch.isfinite(loss):
         raise TrainingDiverged(
             f"loss became {loss.item()} at step {state.step + 1} (epoch {state.epoch + 1}, batch "
@@ -222,6 +230,7 @@ def forward_backward(run: Run, state: TrainState, batch: dict[str, Any]) -> dict
 
 
 def optimizer_step(run: Run) -> None:
+    """Clip (when asked), step the optimiser through the grad scaler, and clear the gradients."""
     if run.cfg.clip_grad_norm:
         run.scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad_norm)

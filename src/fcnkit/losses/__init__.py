@@ -3,13 +3,24 @@ and optional Dice / Tversky / focal / Lovász terms; :mod:`.segmentation`) and t
 (:mod:`.region`). Layer: beside checkpoint, metrics and visualize; above models and data."""
 
 from .region import dice_loss, focal_loss, lovasz_softmax_loss, tversky_loss
-from .segmentation import REDUCTIONS, SegmentationLoss, class_presence, median_frequency_weights
+from .segmentation import (
+    CLASS_WEIGHTINGS,
+    REDUCTIONS,
+    SegmentationLoss,
+    class_presence,
+    class_weights_from_counts,
+    enet_weights,
+    median_frequency_weights,
+)
 
 __all__ = [
+    "CLASS_WEIGHTINGS",
     "REDUCTIONS",
     "SegmentationLoss",
     "class_presence",
+    "class_weights_from_counts",
     "dice_loss",
+    "enet_weights",
     "focal_loss",
     "lovasz_softmax_loss",
     "median_frequency_weights",

@@ -23,7 +23,15 @@ from ..config import LossConfig, Reduction, choices
 from ..errors import ConfigError
 from .region import dice_loss, focal_loss, lovasz_softmax_loss, tversky_loss
 
-__all__ = ["REDUCTIONS", "SegmentationLoss", "class_presence", "median_frequency_weights"]
+__all__ = [
+    "CLASS_WEIGHTINGS",
+    "REDUCTIONS",
+    "SegmentationLoss",
+    "class_presence",
+    "class_weights_from_counts",
+    "enet_weights",
+    "median_frequency_weights",
+]
 
 #: the values of ``reduction`` (one list, :data:`fcnkit.config.Reduction`)
 REDUCTIONS: tuple[str, ...] = choices(Reduction)
@@ -327,3 +335,32 @@ def median_frequency_weights(
     weights = torch.zeros_like(counts)
     weights[present] = median / freq
     return weights.float()
+
+
+def enet_weights(class_pixel_counts: Sequence[float] | Tensor, c: float = 1.02) -> Tensor:
+    """ENet's class weighting (Paszke et al. 2016): ``w_c = 1 / ln(c + p_c)``, ``p_c`` the class's pixel share.
+
+    With ``c = 1.02`` the weights lie between 1 / ln(2.02) = 1.42 (a class of every pixel) and 1 / ln(1.02) = 50.5
+    (a vanishing class): bounded, unlike inverse frequency. Classes that never occur get weight 0.
+    """
+    counts = torch.as_tensor(class_pixel_counts, dtype=torch.float64).flatten()
+    if (counts < 0).any() or not (counts > 0).any():
+        raise ValueError("class_pixel_counts must be >= 0 with at least one class present")
+    share = counts / counts.sum()
+    return torch.where(counts > 0, 1.0 / torch.log(c + share), 0.0).float()
+
+
+#: the ``loss.class_weights`` methods that compute weights from the training labels' class pixel counts
+CLASS_WEIGHTINGS = {
+    "median_frequency": median_frequency_weights,
+    # the square root of median-frequency balancing: half of its correction on a log scale
+    "sqrt_median_frequency": lambda counts: median_frequency_weights(counts).sqrt(),
+    "enet": enet_weights,
+}
+
+
+def class_weights_from_counts(method: str, class_pixel_counts: Sequence[float] | Tensor) -> Tensor:
+    """The weights ``method`` (a key of :data:`CLASS_WEIGHTINGS`) gives classes with these pixel counts."""
+    if method not in CLASS_WEIGHTINGS:
+        raise ValueError(f"unknown class weighting {method!r}; one of {', '.join(CLASS_WEIGHTINGS)}")
+    return CLASS_WEIGHTINGS[method](class_pixel_counts)

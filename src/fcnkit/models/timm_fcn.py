@@ -23,6 +23,7 @@ def timm_fcn(
     aux: bool = False,
     upsample: str = "deconv",
     learn_upsample: bool = False,
+    fuse: str = "sum",
     backbone_weights: str | os.PathLike[str] | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
 ) -> Segmenter:
@@ -30,7 +31,8 @@ def timm_fcn(
 
     The skip head scores the last one, two or three taps (coarse to fine) and fuses them as FCN-8s does,
     with crops derived from the strides timm reports. ``output_stride`` (8 or 16) dilates the backbone
-    where timm supports it. ``aux`` (FCNHead only) adds an FCNHead on the second-to-last tap.
+    where timm supports it. ``aux`` (FCNHead only) adds an FCNHead on the second-to-last tap. ``fuse="mix"``
+    (skip heads with skips) mixes the upsampling paths with a learned 1x1 convolution instead of summing them.
     ``backbone_weights``: a file with the timm model's state dict (its classifier keys are ignored);
     timm's hub weights are never downloaded at build time.
     """
@@ -40,6 +42,8 @@ def timm_fcn(
     infos = body.feature_info[::-1]  # coarse to fine
     skips = TIMM_HEADS[head]
     if skips is None:
+        if fuse != "sum":
+            raise ConfigError("fuse='mix' mixes the skip paths of fcn16s / fcn8s heads; head='fcn' has none")
         classifier = FCNHead(infos[0].channels, num_classes, infos[0].name)
         aux_classifier = FCNHead(infos[1].channels, num_classes, infos[1].name) if aux else None
     else:
@@ -55,6 +59,7 @@ def timm_fcn(
             skips=skips,
             upsample=upsample,
             learn_upsample=learn_upsample,
+            fuse=fuse,
         )
         aux_classifier = None
     model = Segmenter(body, classifier, aux_classifier, num_classes=num_classes)

@@ -145,6 +145,12 @@ class SkipFCNHead(nn.Module):
     deconvolution on the finer grid. ``skip_scales`` multiplies the taps before scoring
     (0.01 and 0.0001 for FCN-8s at-once). Score layers start at zero, as in the original.
     Layer names follow torchfcn so its checkpoints load with a prefix change only.
+
+    ``fuse="mix"`` ("full mixing" of the upsampling paths, from the improvement list of xevolesi/pytorch-fcn):
+    instead of summing the running map and the finer score map at each step, every path's score map (stride 32,
+    16, 8 for FCN-8s) is carried to the finest grid and a learned 1x1 convolution (``mix``) combines them all,
+    each class of the output from every class of every path. It starts as the sum (identity blocks, zero bias),
+    so at initialisation the head equals the ``"sum"`` one.
     """
 
     def __init__(
@@ -158,8 +164,13 @@ class SkipFCNHead(nn.Module):
         learn_upsample: bool = False,
         offsets: Sequence[int] | None = None,
         skip_scales: Sequence[float] | None = None,
+        fuse: str = "sum",
     ) -> None:
         super().__init__()
+        if fuse not in ("sum", "mix"):
+            raise ConfigError(f"fuse must be 'sum' (FCN's) or 'mix' (learned mixing of the paths), got {fuse!r}")
+        if fuse == "mix" and skips == 0:
+            raise ConfigError("fuse='mix' mixes the upsampling paths of FCN-16s / 8s: FCN-32s has one path")
         if skips not in (0, 1, 2):
             raise ConfigError(f"skips must be 0 (FCN-32s), 1 (FCN-16s) or 2 (FCN-8s), got {skips}")
         if len(in_keys) < skips + 1 or len(in_channels) < skips + 1 or len(strides) < skips + 1:
@@ -189,12 +200,22 @@ class SkipFCNHead(nn.Module):
         for score in self._score_layers():
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)
+        self.fuse = fuse
+        if fuse == "mix":
+            paths = skips + 1
+            self.mix = nn.Conv2d(paths * num_classes, num_classes, 1)
+            with torch.no_grad():  # the sum of the paths: class c of the output = class c of every path
+                eye = torch.eye(num_classes).view(num_classes, num_classes, 1, 1)
+                self.mix.weight.copy_(torch.cat([eye] * paths, dim=1))
+                self.mix.bias.zero_()
 
     def _score_layers(self) -> list[nn.Conv2d]:
         names = ["score_fr", "score_pool4", "score_pool3"][: self.skips + 1]
         return [getattr(self, n) for n in names]
 
     def forward(self, features: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
+        if self.fuse == "mix":
+            return self._forward_mixed(features, size)
         h = self.score_fr(features[self.in_keys[0]])
         fuse = [("score_pool4", "upscore2"), ("score_pool3", "upscore_pool4")]
         for i in range(self.skips):
@@ -208,5 +229,26 @@ class SkipFCNHead(nn.Module):
                 h = h + crop_like(score, self.offsets[i], h.shape[-2:])
             else:  # "same" padding: the upsampled map is cropped onto the finer grid
                 h = crop_like(h, self.offsets[i], score.shape[-2:]) + score
+        h = getattr(self, _FINAL_NAME[self.skips])(h)
+        return crop_like(h, self.offsets[-1], size)
+
+    def _forward_mixed(self, features: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
+        """``fuse="mix"``: each step carries every coarser path one grid finer, then ``mix`` combines them."""
+        paths = [self.score_fr(features[self.in_keys[0]])]
+        fuse = [("score_pool4", "upscore2"), ("score_pool3", "upscore_pool4")]
+        for i in range(self.skips):
+            score_name, up_name = fuse[i]
+            up = getattr(self, up_name)
+            tap = features[self.in_keys[i + 1]]
+            if self.skip_scales[i] != 1.0:
+                tap = tap * self.skip_scales[i]
+            score = getattr(self, score_name)(tap)
+            paths = [up(p) for p in paths]
+            if self.crop_skips:
+                score = crop_like(score, self.offsets[i], paths[0].shape[-2:])
+            else:
+                paths = [crop_like(p, self.offsets[i], score.shape[-2:]) for p in paths]
+            paths.append(score)
+        h = self.mix(torch.cat(paths, dim=1))
         h = getattr(self, _FINAL_NAME[self.skips])(h)
         return crop_like(h, self.offsets[-1], size)
