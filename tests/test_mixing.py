@@ -108,3 +108,30 @@ def test_training_with_every_mix_resumes_to_the_same_weights(tmp_path):
     b = torch.load(tmp_path / "split" / "last.pth", weights_only=True)["state_dict"]
     for name, tensor in a.items():
         assert torch.equal(tensor, b[name]), name
+
+
+MIX_IN_A_NEW_PROCESS = """
+import sys, torch
+from fcnkit.data.mixing import BatchMixer
+images = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 16, 16).contiguous()
+labels = torch.arange(6).view(6, 1, 1).expand(6, 16, 16).contiguous()
+out = BatchMixer(mosaic=0.3, cutmix=0.3, mixup=0.3)({"image": images, "label": labels}, (4, 0, 2, 9))
+torch.save({"mixed": out.get("mixed"), "image": out["image"], "label": out["label"]}, sys.argv[1])
+"""
+
+
+def test_mixing_draws_are_the_same_in_every_process(tmp_path):
+    """Resuming runs in a new process, with a new string-hash seed: the draws must not depend on it."""
+    import os
+    import subprocess
+    import sys
+
+    files = []
+    for hash_seed in ("1", "2"):
+        path = tmp_path / f"mix{hash_seed}.pt"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", MIX_IN_A_NEW_PROCESS, str(path)], env=env, check=True)
+        files.append(torch.load(path, weights_only=True))
+    a, b = files
+    assert a["mixed"] == b["mixed"] is not None
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])

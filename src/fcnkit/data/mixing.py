@@ -123,7 +123,9 @@ class BatchMixer:
         b, _, h, w = images.shape
         if b < 2 or not self.enabled:
             return batch
-        g = torch.Generator().manual_seed(hash(("mix", *key)) % (2**63))
+        # SeedSequence, not hash(): the same seed in every process (a resumed run is another process)
+        seeds = np.random.SeedSequence(list(key)).generate_state(2, dtype=np.uint64)
+        g = torch.Generator().manual_seed(int(seeds[0]) % (2**63))
         u, threshold, kind = float(torch.rand((), generator=g)), 0.0, None
         for name, p in self.probabilities.items():
             threshold += p
@@ -133,7 +135,7 @@ class BatchMixer:
         if kind is None:
             return batch
         perm = torch.randperm(b, generator=g).to(images.device)
-        lam = float(np.random.default_rng(list(key)).beta(self.alpha, self.alpha))
+        lam = float(np.random.default_rng(int(seeds[1])).beta(self.alpha, self.alpha))
         out = dict(batch, mixed=kind)
         if kind == "cutmix":
             out["image"], out["label"] = cutmix(images, labels, perm, _box(h, w, lam, g))
