@@ -72,12 +72,18 @@ def test_both_runs_keep_the_budget_and_report_every_class(tmp_path, capsys):
     # the fcnkit figures are those of the final weights (last.pth without EMA), recounted here with numpy
     predictor = Predictor(out / "fcnkit_seed0" / "last.pth", device="cpu", optimize=False)
     iou = _recounted_iou(predictor, data, "val", FRAMES["val"])
-    assert rows[0]["miou"] == pytest.approx(iou.mean() * 100, abs=1e-6)
-    assert [rows[0]["iou"][c] for c in CLASSES] == pytest.approx(list(iou * 100), abs=1e-6)
+    assert rows[0]["miou"] == pytest.approx(iou.mean() * 100, abs=RECOUNT_TOLERANCE)
+    assert [rows[0]["iou"][c] for c in CLASSES] == pytest.approx(list(iou * 100), abs=20 * RECOUNT_TOLERANCE)
     resolved = (out / "fcnkit_seed0" / "config.yaml").read_text()
     assert f"budget_minutes: {minutes}" in resolved and "metrics.jsonl" in {
         p.name for p in (out / "fcnkit_seed0").iterdir()
     }
+
+
+#: mIoU points the recount may differ by: the benchmark's evaluate() and the Predictor normalise the image through
+#: different float operations, and an almost untrained model has near-tied logits, so a few of the 7040 val pixels can
+#: take the other class (a CI run saw 0.0012 points). A figure from other weights or another count is off by points.
+RECOUNT_TOLERANCE = 0.05
 
 
 def _recounted_iou(predictor, data: Path, split: str, names: list[str]) -> np.ndarray:
@@ -107,7 +113,7 @@ def test_held_out_drive_fold_trains_without_it_and_scores_only_it(tmp_path, caps
     # the reported figure is the final weights' IoU on the held-out drive's three frames, recounted with numpy
     predictor = Predictor(run_dir / "last.pth", device="cpu", optimize=False)
     iou = _recounted_iou(predictor, data, "train", [n for n in FRAMES["train"] if n.startswith("0006R0")])
-    assert rows[0]["miou"] == pytest.approx(np.nanmean(iou) * 100, abs=1e-6)
+    assert rows[0]["miou"] == pytest.approx(np.nanmean(iou) * 100, abs=RECOUNT_TOLERANCE)
     printed = capsys.readouterr().out
     assert "fcnkit on held-out drive 0006R0: mean mIoU over 1 seed(s)" in printed
     assert "smp FPN R18 on held-out drive 0006R0" in printed
