@@ -234,51 +234,65 @@ def small_classes_mean(row: dict) -> float:
     return sum(values) / len(values)
 
 
-def print_ablation(rows: list[dict]) -> None:
-    """Each tagged fcnkit run (``--tag``) against the plain recipe of the same seed: what the change cost or gave."""
+def print_ablation(rows: list[dict], baseline: str = "fcnkit") -> None:
+    """Each change against the ``baseline`` run of the same seed and fold (default the plain recipe): what it cost or
+    gave. A change is a tagged fcnkit run whose overrides include all of the baseline's (``--baseline``)."""
 
     def key(r: dict) -> tuple[int, str]:
         return r["seed"], r.get("fold", "val")
 
-    base = {key(r): r for r in rows if r["run"] == "fcnkit"}
-    changed = [r for r in rows if r["run"].startswith("fcnkit ") and key(r) in base]
+    base, changed = _pairs(rows, baseline)
     if not changed:
         return
-    print(f"{'run':<28}{'fold':>8}{'seed':>5}{'mIoU':>7}{'delta':>7}{'small':>7}{'delta':>7}{'img/s':>7}  overrides")
+    print(f"{'run':<38}{'fold':>8}{'seed':>5}{'mIoU':>7}{'delta':>7}{'small':>7}{'delta':>7}{'img/s':>7}  overrides")
     for r in [base[k] for k in sorted(base)] + changed:
         b = base[key(r)]
         print(
-            f"{r['run']:<28}{r.get('fold', 'val'):>8}{r['seed']:>5}{r['miou']:>7.2f}{r['miou'] - b['miou']:>+7.2f}"
+            f"{r['run']:<38}{r.get('fold', 'val'):>8}{r['seed']:>5}{r['miou']:>7.2f}{r['miou'] - b['miou']:>+7.2f}"
             f"{small_classes_mean(r):>7.2f}{small_classes_mean(r) - small_classes_mean(b):>+7.2f}"
             f"{r['images_per_s']:>7.2f}  {' '.join(r.get('settings', []))}"
         )
-    for line in ablation_summary(rows):
+    for line in ablation_summary(rows, baseline):
         print(line)
 
 
-def ablation_summary(rows: list[dict]) -> list[str]:
-    """Per change and fold: the mean mIoU delta over the seeds both runs have, against the recipe's seed spread.
+def _pairs(rows: list[dict], baseline: str) -> tuple[dict[tuple[int, str], dict], list[dict]]:
+    """The baseline's rows by (seed, fold), and the rows that change it (a superset of its overrides) and have a
+    baseline row of their seed and fold."""
+    base = {(r["seed"], r.get("fold", "val")): r for r in rows if r["run"] == baseline}
+    kept = {s for b in base.values() for s in b.get("settings", [])}
+    changed = [
+        r
+        for r in rows
+        if r["run"].startswith("fcnkit")
+        and r["run"] != baseline
+        and (r["seed"], r.get("fold", "val")) in base
+        and kept <= set(r.get("settings", []))
+    ]
+    return base, changed
 
-    A change counts as a gain or a loss only when its mean delta exceeds the spread (max - min) of the recipe's
-    own seeds on that fold; otherwise it is noise. With one seed of the recipe there is no spread to judge by.
+
+def ablation_summary(rows: list[dict], baseline: str = "fcnkit") -> list[str]:
+    """Per change and fold: the mean mIoU delta over the seeds both runs have, against the baseline's seed spread.
+
+    A change counts as a gain or a loss only when its mean delta exceeds the spread (max - min) of the baseline's
+    own seeds on that fold; otherwise it is noise. With one seed of the baseline there is no spread to judge by.
     """
     lines = []
-    base = {(r["seed"], r.get("fold", "val")): r for r in rows if r["run"] == "fcnkit"}
-    for kind, fold in dict.fromkeys((r["run"], r.get("fold", "val")) for r in rows if r["run"].startswith("fcnkit ")):
-        pairs = [(r, base[(r["seed"], fold)]) for r in rows if r["run"] == kind and (r["seed"], fold) in base]
-        pairs = [(r, b) for r, b in pairs if r.get("fold", "val") == fold]
-        if not pairs:
-            continue
+    base, changed = _pairs(rows, baseline)
+    whose = "the recipe's" if baseline == "fcnkit" else f"{baseline}'s"
+    for kind, fold in dict.fromkeys((r["run"], r.get("fold", "val")) for r in changed):
+        pairs = [(r, base[(r["seed"], fold)]) for r in changed if r["run"] == kind and r.get("fold", "val") == fold]
         deltas = [r["miou"] - b["miou"] for r, b in pairs]
         mean = sum(deltas) / len(deltas)
-        recipe = [b["miou"] for (s, f), b in base.items() if f == fold]
-        spread = max(recipe) - min(recipe) if len(recipe) > 1 else None
+        own = [b["miou"] for (s, f), b in base.items() if f == fold]
+        spread = max(own) - min(own) if len(own) > 1 else None
         if spread is None:
-            verdict = "one recipe seed: no spread to judge by"
+            verdict = f"one seed of {baseline}: no spread to judge by"
         elif abs(mean) <= spread:
-            verdict = f"within the recipe's seed spread ({spread:.2f}): noise"
+            verdict = f"within {whose} seed spread ({spread:.2f}): noise"
         else:
-            verdict = f"{'gain' if mean > 0 else 'loss'} beyond the recipe's seed spread ({spread:.2f})"
+            verdict = f"{'gain' if mean > 0 else 'loss'} beyond {whose} seed spread ({spread:.2f})"
         lines.append(
             f"{kind} on {fold}: mean delta {mean:+.2f} over {len(deltas)} seed(s) "
             f"({', '.join(f'{d:+.2f}' for d in deltas)}); {verdict}"
@@ -321,8 +335,9 @@ TTA = {"flip": {"flip": True}, "flip_ms": {"flip": True, "scales": [0.75, 1.0, 1
 
 
 def tta_row(args: argparse.Namespace, recipe_row: dict, name: str, run_dir: Path) -> dict:
-    """The recipe's run of ``run_dir`` (its final EMA weights, those its last evaluation scored) evaluated again
-    on its fold with the test-time inference ``TTA[name]``: an ablation row that needs no training."""
+    """The fcnkit run of ``run_dir`` (its final EMA weights, those its last evaluation scored) evaluated again
+    on its fold with the test-time inference ``TTA[name]``: an ablation row that needs no training, named after the
+    run (``fcnkit tta_flip``, ``fcnkit no_class_weights tta_flip``)."""
     from fcnkit.checkpoint import load_checkpoint, read_checkpoint
     from fcnkit.config import InferenceConfig
     from fcnkit.data import build_dataset
@@ -337,7 +352,7 @@ def tta_row(args: argparse.Namespace, recipe_row: dict, name: str, run_dir: Path
         model.load_state_dict(ema["module"])
     metrics = evaluate(model, val_set, inference=InferenceConfig(**TTA[name]))
     row = _record(
-        f"fcnkit tta_{name}",
+        f"{recipe_row['run']} tta_{name}",
         recipe_row["seed"],
         metrics.as_dict(),
         list(val_set.classes),
@@ -347,7 +362,9 @@ def tta_row(args: argparse.Namespace, recipe_row: dict, name: str, run_dir: Path
         [],
     )
     row["fold"] = recipe_row.get("fold", "val")
-    row["settings"] = [f"test.{key}={json.dumps(value)}" for key, value in TTA[name].items()]
+    row["settings"] = list(recipe_row.get("settings", [])) + [
+        f"test.{key}={json.dumps(value)}" for key, value in TTA[name].items()
+    ]
     return row
 
 
@@ -368,11 +385,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the fcnkit recipe")
     parser.add_argument("--tag", default="", help="suffix of the fcnkit run's name (ablations)")
     parser.add_argument(
+        "--baseline",
+        default="fcnkit",
+        metavar="RUN",
+        help="the run the ablation table compares changes with (default the recipe; e.g. 'fcnkit no_class_weights' "
+        "to screen changes made on top of it, each run with its overrides too)",
+    )
+    parser.add_argument(
         "--tta",
         nargs="+",
         default=[],
         choices=sorted(TTA),
-        help="also evaluate the recipe's runs with test-time inference (flip; flip + scales 0.75 / 1 / 1.25)",
+        help="also evaluate the fcnkit runs with test-time inference (flip; flip + scales 0.75 / 1 / 1.25)",
     )
     parser.add_argument("--eval-every", type=float, default=5.0, help="minutes between the peer's evaluations")
     parser.add_argument("--workers", type=int, default=2, help="the peer's data-loading processes")
@@ -400,14 +424,14 @@ def main(argv: list[str] | None = None) -> int:
                 key = (row["run"], seed, fold)
                 rows = [r for r in rows if (r["run"], r["seed"], r.get("fold", "val")) != key] + [row]
                 summary_path.write_text(json.dumps(rows, indent=1))
-                if kind == "fcnkit" and not args.tag:
+                if kind == "fcnkit":
                     for tta in args.tta:
                         extra = tta_row(args, row, tta, args.out / name)
                         key = (extra["run"], seed, fold)
                         rows = [r for r in rows if (r["run"], r["seed"], r.get("fold", "val")) != key] + [extra]
                         summary_path.write_text(json.dumps(rows, indent=1))
     print_table(rows)
-    print_ablation(rows)
+    print_ablation(rows, args.baseline)
     plot(rows, args.out / "miou_vs_minutes.png")
     print(f"wrote {summary_path} and {args.out / 'miou_vs_minutes.png'}")
     print(

@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from fcnkit import Predictor
+from fcnkit.config import InferenceConfig
 
 pytest.importorskip("segmentation_models_pytorch")
 pytest.importorskip("matplotlib")
@@ -102,20 +103,29 @@ def test_held_out_drive_fold_trains_without_it_and_scores_only_it(tmp_path, caps
     data = _tiny_camvid(tmp_path / "camvid")
     out = tmp_path / "out"
     argv = ["--data", str(data), "--minutes", "0.03", "--seeds", "0", "--out", str(out), "--eval-every", "1",
-            "--workers", "0", "--fold", "0006R0", "--set", "data.workers=0", "pictures=0", "ema_decay=null"]  # fmt: skip
+            "--workers", "0", "--fold", "0006R0", "--set", "data.workers=0", "pictures=0", "ema_decay=null",
+            "--tag", "small", "--tta", "flip"]  # fmt: skip
     assert _script().main(argv) == 0
     rows = json.loads((out / "summary.json").read_text())
-    assert [(r["run"], r["seed"], r["fold"]) for r in rows] == [("fcnkit", 0, "0006R0"), ("smp FPN R18", 0, "0006R0")]
-    run_dir = out / "fcnkit_seed0_heldout_0006R0"
+    assert [(r["run"], r["seed"], r["fold"]) for r in rows] == [
+        ("fcnkit small", 0, "0006R0"),
+        ("fcnkit small tta_flip", 0, "0006R0"),
+        ("smp FPN R18", 0, "0006R0"),
+    ]
+    assert rows[1]["settings"] == ["data.workers=0", "pictures=0", "ema_decay=null", "test.flip=true"]
+    run_dir = out / "fcnkit_small_seed0_heldout_0006R0"
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
     assert resolved["train_split"] == "train+val" and resolved["options"] == {"exclude_groups": ["0006R0"]}
     assert resolved["val_options"] == {"groups": ["0006R0"]}
-    # the reported figure is the final weights' IoU on the held-out drive's three frames, recounted with numpy
-    predictor = Predictor(run_dir / "last.pth", device="cpu", optimize=False)
-    iou = _recounted_iou(predictor, data, "train", [n for n in FRAMES["train"] if n.startswith("0006R0")])
-    assert rows[0]["miou"] == pytest.approx(np.nanmean(iou) * 100, abs=RECOUNT_TOLERANCE)
+    # the reported figures are the final weights' IoU on the held-out drive's three frames, recounted with numpy,
+    # without and with flipped inference
+    held_out = [n for n in FRAMES["train"] if n.startswith("0006R0")]
+    for row, inference in ((rows[0], None), (rows[1], InferenceConfig(flip=True))):
+        predictor = Predictor(run_dir / "last.pth", device="cpu", optimize=False, inference=inference)
+        iou = _recounted_iou(predictor, data, "train", held_out)
+        assert row["miou"] == pytest.approx(np.nanmean(iou) * 100, abs=RECOUNT_TOLERANCE)
     printed = capsys.readouterr().out
-    assert "fcnkit on held-out drive 0006R0: mean mIoU over 1 seed(s)" in printed
+    assert "fcnkit small on held-out drive 0006R0: mean mIoU over 1 seed(s)" in printed
     assert "smp FPN R18 on held-out drive 0006R0" in printed
 
 
@@ -152,3 +162,39 @@ def test_ablation_rows_are_compared_with_the_recipe_of_the_same_seed(capsys):
         lines[6]
         == "fcnkit nchw on val: mean delta +0.25 over 1 seed(s) (+0.25); within the recipe's seed spread (2.00): noise"
     )
+
+
+def test_changes_on_top_of_another_run_are_compared_with_it(capsys):
+    """--baseline: the table pairs each run that keeps the baseline's overrides with the baseline of its seed."""
+    script = _script()
+    nw = "loss.class_weights=null"
+    rows = [
+        _row("fcnkit", 0, 30.0, 5.0),
+        _row("fcnkit", 1, 34.0, 5.0),
+        _row("fcnkit nw", 0, 37.0, 7.0, settings=[nw]),
+        _row("fcnkit nw", 1, 38.0, 8.0, settings=[nw]),
+        _row("fcnkit nw+scale", 0, 39.5, 9.0, settings=[nw, "data.scale_range=[0.5,2.0]"]),
+        _row("fcnkit nw+scale", 1, 38.5, 9.0, settings=[nw, "data.scale_range=[0.5,2.0]"]),
+        _row("fcnkit jitter", 0, 31.0, 5.0, settings=["data.color_jitter=0.4"]),  # not on top of nw: left out
+    ]
+    script.print_ablation(rows, "fcnkit nw")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:4] for line in lines[1:5]] == [
+        ["fcnkit", "nw", "val", "0"],
+        ["fcnkit", "nw", "val", "1"],
+        ["fcnkit", "nw+scale", "val", "0"],
+        ["fcnkit", "nw+scale", "val", "1"],
+    ]
+    assert lines[3].split()[4:8] == ["39.50", "+2.50", "9.00", "+2.00"]
+    # deltas +2.50 and +0.50, mean +1.50, against nw's own spread 1.00 (not the recipe's 4.00)
+    assert lines[5:] == [
+        "fcnkit nw+scale on val: mean delta +1.50 over 2 seed(s) (+2.50, +0.50); "
+        "gain beyond fcnkit nw's seed spread (1.00)"
+    ]
+    # against the recipe (spread 4.00) every tagged run is a change, nw+scale a gain of +7.00
+    summary = script.ablation_summary(rows)
+    assert summary[1] == (
+        "fcnkit nw+scale on val: mean delta +7.00 over 2 seed(s) (+9.50, +4.50); "
+        "gain beyond the recipe's seed spread (4.00)"
+    )
+    assert len(summary) == 3 and summary[2].startswith("fcnkit jitter on val: mean delta +1.00 over 1 seed(s)")
