@@ -249,6 +249,22 @@ def test_region_losses_equal_segmentation_models_pytorch():
     torch.testing.assert_close(tversky_loss(logits, target), dice_loss(logits, target))
 
 
+def test_lovasz_gradients_equal_segmentation_models_pytorch():
+    """The batched sort of all classes gives smp's class-by-class gradient, a class absent from the batch left out."""
+    smp_losses = pytest.importorskip("segmentation_models_pytorch.losses")
+    from fcnkit.losses import lovasz_softmax_loss
+
+    logits, target = _logits_and_target()
+    target = target.masked_fill(target == 2, 1)  # class 2 absent (ignored pixels stay)
+    grads = []
+    for loss in (lovasz_softmax_loss, smp_losses.LovaszLoss("multiclass", ignore_index=255)):
+        x = logits.clone().requires_grad_(True)
+        loss(x, target).backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+    assert grads[0].abs().sum() > 0
+
+
 def test_dice_and_lovasz_hand_worked():
     from fcnkit.losses import dice_loss, lovasz_softmax_loss
 

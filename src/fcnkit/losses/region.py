@@ -84,26 +84,29 @@ def focal_loss(
 
 
 def _lovasz_grad(fg_sorted: Tensor) -> Tensor:
-    """Gradient of the Lovász extension of the Jaccard loss at errors sorted in decreasing order."""
-    total = fg_sorted.sum()
-    intersection = total - fg_sorted.cumsum(0)
-    union = total + (1.0 - fg_sorted).cumsum(0)
+    """Gradient of the Lovász extension of the Jaccard loss at errors sorted in decreasing order, along the last
+    dimension (one row per class)."""
+    total = fg_sorted.sum(-1, keepdim=True)
+    intersection = total - fg_sorted.cumsum(-1)
+    union = total + (1.0 - fg_sorted).cumsum(-1)
     jaccard = 1.0 - intersection / union
-    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+    return torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
 
 
 def lovasz_softmax_loss(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
-    """Lovász-softmax over the valid pixels of the batch, averaged over the classes present in it."""
+    """Lovász-softmax over the valid pixels of the batch, averaged over the classes present in it.
+
+    All classes are sorted in one call (a class x pixel matrix) rather than class by class: the sorts are the
+    cost of this loss, and one batched sort runs them in parallel."""
     c = logits.shape[1]
-    probs = logits.float().softmax(dim=1).permute(0, 2, 3, 1).reshape(-1, c)
+    probs = logits.float().softmax(dim=1).permute(1, 0, 2, 3).reshape(c, -1)
     labels = target.reshape(-1)
     valid = labels != ignore_index
-    probs, labels = probs[valid], labels[valid]
-    losses = []
-    for k in range(c):
-        fg = (labels == k).to(probs.dtype)
-        if not fg.any():
-            continue
-        errors, order = (fg - probs[:, k]).abs().sort(descending=True)
-        losses.append(torch.dot(errors, _lovasz_grad(fg[order])))
-    return torch.stack(losses).mean() if losses else logits.sum() * 0.0
+    probs, labels = probs[:, valid], labels[valid]
+    fg = torch.zeros_like(probs).scatter_(0, labels[None].long(), 1.0)
+    present = fg.any(dim=1)
+    if not present.any():
+        return logits.sum() * 0.0
+    fg, probs = fg[present], probs[present]
+    errors, order = (fg - probs).abs().sort(dim=1, descending=True)
+    return (errors * _lovasz_grad(fg.gather(1, order))).sum(dim=1).mean()
