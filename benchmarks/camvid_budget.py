@@ -17,6 +17,9 @@ code (``fcnkit.engine.evaluate.evaluate``: one confusion matrix over the split, 
     python benchmarks/camvid_budget.py --data ../shared/data/camvid --recipe configs/camvid/other.yaml \\
         --set loss.class_weights=null --tag no_class_weights --runs fcnkit            # an ablation row
     python benchmarks/camvid_budget.py --data ../shared/data/camvid --runs fcnkit --tta flip flip_ms  # TTA rows
+    python benchmarks/camvid_budget.py --data ../shared/data/camvid --runs fcnkit --tag nw+scale \
+        --set loss.class_weights=null 'data.scale_range=[0.5,2.0]' --baseline 'fcnkit no_class_weights'
+        # a change on top of another: compared with that run's seeds (and its spread), not the recipe's
 
 **Held-out drives** (``--fold DRIVE``, e.g. ``--fold 0006R0 0001TP``): SegNet's val frames come from drive 0016E5,
 whose other frames are in train, so val rewards memory of neighbouring frames. With a fold, both runs train on
