@@ -240,16 +240,12 @@ def small_classes_mean(row: dict) -> float:
 def print_ablation(rows: list[dict], baseline: str = "fcnkit") -> None:
     """Each change against the ``baseline`` run of the same seed and fold (default the plain recipe): what it cost or
     gave. A change is a tagged fcnkit run whose overrides include all of the baseline's (``--baseline``)."""
-
-    def key(r: dict) -> tuple[int, str]:
-        return r["seed"], r.get("fold", "val")
-
     base, changed = _pairs(rows, baseline)
     if not changed:
         return
     print(f"{'run':<38}{'fold':>8}{'seed':>5}{'mIoU':>7}{'delta':>7}{'small':>7}{'delta':>7}{'img/s':>7}  overrides")
     for r in [base[k] for k in sorted(base)] + changed:
-        b = base[key(r)]
+        b = base[_seed_fold(r)]
         print(
             f"{r['run']:<38}{r.get('fold', 'val'):>8}{r['seed']:>5}{r['miou']:>7.2f}{r['miou'] - b['miou']:>+7.2f}"
             f"{small_classes_mean(r):>7.2f}{small_classes_mean(r) - small_classes_mean(b):>+7.2f}"
@@ -259,17 +255,21 @@ def print_ablation(rows: list[dict], baseline: str = "fcnkit") -> None:
         print(line)
 
 
+def _seed_fold(row: dict) -> tuple[int, str]:
+    return row["seed"], row.get("fold", "val")
+
+
 def _pairs(rows: list[dict], baseline: str) -> tuple[dict[tuple[int, str], dict], list[dict]]:
     """The baseline's rows by (seed, fold), and the rows that change it (a superset of its overrides) and have a
     baseline row of their seed and fold."""
-    base = {(r["seed"], r.get("fold", "val")): r for r in rows if r["run"] == baseline}
+    base = {_seed_fold(r): r for r in rows if r["run"] == baseline}
     kept = {s for b in base.values() for s in b.get("settings", [])}
     changed = [
         r
         for r in rows
         if r["run"].startswith("fcnkit")
         and r["run"] != baseline
-        and (r["seed"], r.get("fold", "val")) in base
+        and _seed_fold(r) in base
         and kept <= set(r.get("settings", []))
     ]
     return base, changed
