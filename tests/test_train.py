@@ -205,6 +205,46 @@ def test_nan_loss_stops_names_step_and_keeps_last_good_checkpoint(folder_data, t
     assert not (tmp_path / "nan_fresh" / "last.pth").exists()
 
 
+def test_finish_switches_to_whole_images_for_the_last_part_of_the_run(folder_data, tmp_path, monkeypatch):
+    """12 images in batches of 4 over 4 epochs are 12 steps; finish_fraction 0.5 starts the finish at the first
+    epoch boundary at or past step 6: epoch 3. From there batches are whole 40x48 images at scale 1."""
+    import fcnkit.engine.train as loop
+
+    shapes: dict[int, set] = {}
+    original = loop.forward_backward
+
+    def spy(run, state, batch):
+        shapes.setdefault(state.epoch, set()).add(tuple(batch["image"].shape[-2:]))
+        return original(run, state, batch)
+
+    monkeypatch.setattr(loop, "forward_backward", spy)
+    extra = ("schedule.epochs=4", "eval_every=0", "pictures=0", "data.finish_fraction=0.5",
+             "data.finish_crop_size=null", "data.finish_scale_range=[1.0, 1.0]")  # fmt: skip
+    result = train(tiny_config(folder_data, tmp_path / "run", *extra))
+    assert result.steps == 12
+    assert shapes == {0: {(32, 32)}, 1: {(32, 32)}, 2: {(40, 48)}, 3: {(40, 48)}}
+    progress = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["progress"]
+    assert progress["finish_epoch"] == 2
+    with pytest.raises(ConfigError, match=r"data\.finish_fraction.*\[0, 1\)"):
+        tiny_config(folder_data, tmp_path / "bad", "data.finish_fraction=1.0")
+
+
+@pytest.mark.slow
+def test_a_run_resumed_before_or_inside_the_finish_ends_with_the_same_weights(folder_data, tmp_path):
+    common = ("schedule.epochs=4", "eval_every=0", "pictures=0", "deterministic=true", "checkpoint_every=1",
+              "data.finish_fraction=0.5", "data.finish_crop_size=[40, 40]")  # fmt: skip
+    assert train(tiny_config(folder_data, tmp_path / "whole", *common)).steps == 12
+    for stop in (4, 8):  # before the finish (epoch 2 of 4), inside it (epoch 3)
+        out = tmp_path / f"split{stop}"
+        assert train(tiny_config(folder_data, out, *common, f"max_steps={stop}")).steps == stop
+        assert train(tiny_config(folder_data, out, *common)).steps == 12
+        a = torch.load(tmp_path / "whole" / "last.pth", weights_only=True)
+        b = torch.load(out / "last.pth", weights_only=True)
+        assert a["progress"]["finish_epoch"] == b["progress"]["finish_epoch"] == 2
+        for name, tensor in a["state_dict"].items():
+            assert torch.equal(tensor, b["state_dict"][name]), (stop, name)
+
+
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "fcnkit", *args], env=env, cwd=REPO, **kwargs)

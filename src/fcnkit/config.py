@@ -82,6 +82,13 @@ class DataConfig:
     cutmix: float = 0.0
     mixup: float = 0.0
     mix_alpha: float = 1.0
+    #: a finish at another resolution: the last ``finish_fraction`` of the run (of the time budget, else of the
+    #: steps) trains on ``finish_crop_size`` crops (null: whole images) rescaled by ``finish_scale_range`` (null:
+    #: ``scale_range``), e.g. full 360x480 CamVid frames at scale 1 to end a run of small crops. It starts at the
+    #: first epoch boundary past that point
+    finish_fraction: float = 0.0
+    finish_crop_size: list[int] | None = None
+    finish_scale_range: list[float] | None = None
     batch_size: int = 8
     val_batch_size: int = 1
     workers: int = 2
@@ -383,8 +390,16 @@ def validate(cfg: TrainConfig) -> None:
     """What the field types cannot say (the ``Literal`` choices were checked while loading)."""
     if cfg.accumulate < 1 or cfg.data.batch_size < 1:
         raise ConfigError("accumulate and data.batch_size must be at least 1")
-    if cfg.data.crop_size is not None and len(cfg.data.crop_size) not in (1, 2):
-        raise ConfigError(f"data.crop_size must be [h, w] or [size], got {cfg.data.crop_size}")
+    for key in ("crop_size", "finish_crop_size"):
+        size = getattr(cfg.data, key)
+        if size is not None and len(size) not in (1, 2):
+            raise ConfigError(f"data.{key} must be [h, w] or [size], got {size}")
+    if not 0.0 <= cfg.data.finish_fraction < 1.0:
+        raise ConfigError(
+            f"data.finish_fraction is the share of the run at the end, in [0, 1), got {cfg.data.finish_fraction}"
+        )
+    if cfg.data.finish_scale_range is not None and len(cfg.data.finish_scale_range) != 2:
+        raise ConfigError(f"data.finish_scale_range must be [low, high], got {cfg.data.finish_scale_range}")
     validate_inference(cfg.test, "test.")
     budget = cfg.schedule.budget_minutes
     if budget is not None and not budget > 0:

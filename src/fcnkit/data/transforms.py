@@ -103,13 +103,19 @@ class TrainTransform:
         self.generator = generator
 
     @classmethod
-    def from_config(cls, preprocessing: Preprocessing, data: DataConfig, ignore_index: int = 255) -> TrainTransform:
+    def from_config(
+        cls, preprocessing: Preprocessing, data: DataConfig, ignore_index: int = 255, finish: bool = False
+    ) -> TrainTransform:
         """The augmentation a ``data:`` config section describes (crop_size, scale_range, base_size, hflip,
-        color_jitter), normalising with ``preprocessing``."""
+        color_jitter), normalising with ``preprocessing``; with ``finish``, that of the run's last part
+        (``finish_crop_size``, and ``finish_scale_range`` when set)."""
+        key = "finish_crop_size" if finish else "crop_size"
+        crop = getattr(data, key)
+        scales = data.finish_scale_range if finish and data.finish_scale_range is not None else data.scale_range
         return cls(
             preprocessing,
-            crop_size=None if data.crop_size is None else as_pair(data.crop_size, "data.crop_size"),
-            scale_range=tuple(data.scale_range),
+            crop_size=None if crop is None else as_pair(crop, f"data.{key}"),
+            scale_range=tuple(scales),
             base_size=data.base_size,
             hflip=data.hflip,
             color_jitter=data.color_jitter,

@@ -86,6 +86,8 @@ class Run:
     skipped: SkippedSamples
     #: Mosaic / CutMix / MixUp of training batches (``data.mosaic`` / ``cutmix`` / ``mixup``)
     mixer: BatchMixer
+    #: the augmentation of the run's last ``data.finish_fraction`` (``data.finish_crop_size``...), None without
+    finish_transform: TrainTransform | None = None
     writer: Any | None = None
 
     @property
@@ -178,6 +180,11 @@ def build_run(cfg: TrainConfig) -> Run:
         clock=clock,
         skipped=SkippedSamples(log),
         mixer=mixer,
+        finish_transform=(
+            TrainTransform.from_config(model.preprocessing, d, train_set.ignore_index, finish=True)
+            if d.finish_fraction > 0
+            else None
+        ),
         writer=_tensorboard(cfg, info, paths),
     )
 

@@ -35,6 +35,8 @@ class TrainState:
     train_seconds: float = 0.0
     #: training images this process has trained on
     images_seen: int = 0
+    #: the epoch the ``data.finish_*`` augmentation started at, None before
+    finish_epoch: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """The ``"progress"`` entry of a checkpoint (its keys are those of every fcnkit version so far)."""
@@ -45,16 +47,18 @@ class TrainState:
             "best_miou": self.best_miou,
             "train_time": self.train_seconds,
             "images_seen": self.images_seen,
+            "finish_epoch": self.finish_epoch,
         }
 
     def load_state_dict(self, progress: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; checkpoints older than the clock or the image count start those at 0."""
+        """Restore :meth:`state_dict` output; checkpoints older than the clock, the image count or the finish start those at 0 / None."""
         self.step = int(progress["step"])
         self.epoch = int(progress["epoch"])
         self.batches_done = int(progress["batches_done"])
         self.best_miou = progress["best_miou"]
         self.train_seconds = float(progress.get("train_time", progress.get("train_seconds", 0.0)))
         self.images_seen = int(progress.get("images_seen", 0))
+        self.finish_epoch = progress.get("finish_epoch")
 
 
 def rng_state() -> dict[str, Any]:

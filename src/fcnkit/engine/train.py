@@ -39,6 +39,7 @@ from .state import TrainState, gather_rng_states, rank_rng_state, set_rng_state
 
 __all__ = [
     "TrainResult",
+    "begin_finish",
     "evaluate_and_log",
     "forward_backward",
     "optimizer_step",
@@ -87,6 +88,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     )
     with progress:
         while (stop := should_stop(run, state)) is None:
+            begin_finish(run, state)
             train_one_epoch(run, state, progress)
             stop = should_stop(run, state)
             done = stop in ("budget", "steps")  # the run is complete (max_steps only pauses it)
@@ -151,6 +153,27 @@ def should_stop(run: Run, state: TrainState) -> str | None:
     if run.epochs is not None and state.epoch >= run.epochs:
         return "epochs"
     return None
+
+
+def begin_finish(run: Run, state: TrainState) -> None:
+    """At an epoch's start, switch to the ``data.finish_*`` augmentation once the last ``finish_fraction`` of the
+    run has begun (of the budget's time when there is one, else of the steps); the epoch it began at is kept in
+    ``state`` so that a resumed run switches where the interrupted one did."""
+    if run.finish_transform is None:
+        return
+    if state.finish_epoch is None and state.batches_done == 0:
+        if run.clock.budget is not None:
+            done = run.clock.fraction_spent()
+        else:
+            done = state.step / run.total_steps if run.total_steps else 0.0
+        if done >= 1.0 - run.cfg.data.finish_fraction:
+            state.finish_epoch = state.epoch
+            if run.dist.is_main:
+                d = run.cfg.data
+                crop = "whole images" if d.finish_crop_size is None else f"{d.finish_crop_size} crops"
+                log.info(f"epoch {state.epoch + 1}: the finish begins ({crop}, {done * 100:.0f} % of the run done)")
+    if state.finish_epoch is not None and state.epoch >= state.finish_epoch:
+        run.train_data.transform = run.finish_transform
 
 
 def train_one_epoch(run: Run, state: TrainState, progress: Progress) -> None:
