@@ -2,7 +2,9 @@
 
 (a) ``fcn_resnet50_d8`` against torchvision's ``fcn_resnet50`` (eager, eval, inference_mode), at 360x480 and
     512x512; (b) ``fcn8s_vgg16`` against the same network as a plain torchfcn-layout module
-    (``tests/reference_torchfcn.py``), at 480x640. The peer's weights are loaded into fcnkit's model, so both
+    (``tests/reference_torchfcn.py``), at 480x640; (c) ``timm`` (the CamVid recipe's FCN-8s on regnetx_002, 360x480)
+    and ``encnet`` (EncNet + JPU on ResNet-50, 480x480), which no peer package runs, against the same fcnkit model
+    in plain eager PyTorch. The peer's weights are loaded into fcnkit's model, so both
     compute the same function; each fcnkit path is checked against the peer's logits (max difference and
     arg-max agreement) before it is timed.
 
@@ -16,12 +18,14 @@ is given as a share of it.
 
     python benchmarks/peer_speed.py                                # CPU, fp32, batch 1, default paths
     python benchmarks/peer_speed.py --paths fold_bn onnxruntime compile --rounds 20
+    python benchmarks/peer_speed.py --cases resnet:360x480 timm:360x480 encnet:480x480 vgg:480x640
     python benchmarks/peer_speed.py --device cuda --paths fold_bn+channels_last bf16 compile_bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import os
 import platform
@@ -37,14 +41,14 @@ import torch
 
 import fcnkit
 from fcnkit.apps.benchmark import count_flops, time_interleaved, timed
-from fcnkit.inference import optimize_for_inference
+from fcnkit.inference import optimize_for_inference, resolve_backend
 from fcnkit.utils import compare_logits
 
 #: Exact paths (fp32; logits within float rounding of the peer's).
-EXACT_PATHS = ("eager", "fold_bn", "fold_bn+channels_last", "onnxruntime", "compile")
+EXACT_PATHS = ("default", "eager", "fold_bn", "fold_bn+channels_last", "onnxruntime", "openvino", "compile")
 #: Reduced-precision paths (opt-in; their arg-max agreement with the fp32 peer is printed).
 REDUCED_PATHS = ("bf16", "fp16", "compile_bf16")
-DEFAULT_PATHS = ("eager", "fold_bn", "fold_bn+channels_last", "onnxruntime")
+DEFAULT_PATHS = ("default", "eager", "fold_bn", "fold_bn+channels_last", "onnxruntime", "openvino")
 
 
 def matmul_peak(device: torch.device, sizes: tuple[int, ...] = (2048, 4096), repeats: int = 5) -> float:
@@ -70,14 +74,18 @@ def randomise_bn(model: torch.nn.Module) -> None:
 
 def fcnkit_path(model: torch.nn.Module, path: str, onnx_dir: str) -> Callable:
     """The callable for one path; every one goes through ``optimize_for_inference`` except plain eager."""
+    if path == "default":  # what Predictor, fcnkit eval and fcnkit predict use: backend "auto"
+        backend = resolve_backend("auto", next(model.parameters()).device)
+        where = os.path.join(onnx_dir, "default.onnx") if backend != "torch" else None
+        return optimize_for_inference(model, backend=backend, onnx_path=where)
     if path == "eager":
         return model
     if path == "fold_bn":
-        return optimize_for_inference(model, channels_last=False)
+        return optimize_for_inference(model, backend="torch", channels_last=False)
     if path == "fold_bn+channels_last":
         return optimize_for_inference(model, channels_last=True)
-    if path == "onnxruntime":
-        return optimize_for_inference(model, backend="onnxruntime", onnx_path=os.path.join(onnx_dir, "m.onnx"))
+    if path in ("onnxruntime", "openvino"):
+        return optimize_for_inference(model, backend=path, onnx_path=os.path.join(onnx_dir, f"{path}.onnx"))
     if path == "compile":
         return optimize_for_inference(model, compile=True)
     if path in ("bf16", "fp16"):
@@ -97,6 +105,17 @@ def peer_and_fcnkit(case: str) -> tuple[torch.nn.Module, torch.nn.Module, str]:
         ours = fcnkit.create_model("fcn_resnet50_d8", num_classes=21).eval()
         ours.load_state_dict(peer.state_dict())
         return peer, ours, "torchvision fcn_resnet50"
+    if case in ("timm", "encnet"):
+        # no peer package runs these networks: the baseline is the same fcnkit model, plain eager PyTorch
+        if case == "timm":  # the CamVid recipe's model (configs/camvid/budget30_fcn8s_camvid.yaml)
+            ours = fcnkit.create_model("fcn8s_timm", num_classes=11, backbone="regnetx_002", upsample="bilinear")
+            name = "fcnkit fcn8s_timm regnetx_002 eager"
+        else:  # FastFCN's EncNet + JPU on ResNet-50, 59 Pascal Context classes
+            ours = fcnkit.create_model("enc_resnet50_jpu", num_classes=59)
+            name = "fcnkit enc_resnet50_jpu eager"
+        randomise_bn(ours)
+        ours.eval()
+        return copy.deepcopy(ours), ours, name
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from reference_torchfcn import TorchfcnFCN  # the torchfcn layout, written independently of fcnkit
 
@@ -121,7 +140,7 @@ def run_case(case: str, paths: list[str], args: argparse.Namespace, device: torc
     x = torch.randn(1, 3, h, w, device=device)
     with torch.inference_mode():
         gflops = count_flops(peer, [x]) / 1e9
-    runners: dict[str, Callable] = {"peer": peer if kind == "resnet" else (lambda t, net=peer: {"out": net(t)})}
+    runners: dict[str, Callable] = {"peer": peer if kind != "vgg" else (lambda t, net=peer: {"out": net(t)})}
     with torch.inference_mode():
         reference = runners["peer"](x)["out"].float()
     checks = {}
@@ -163,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds; each runs every runner once")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cases", nargs="+", default=["resnet:360x480", "resnet:512x512", "vgg:480x640"])
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=["resnet:360x480", "resnet:512x512", "vgg:480x640", "timm:360x480", "encnet:480x480"],
+        help="MODEL:HxW, MODEL one of resnet, vgg, timm, encnet",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

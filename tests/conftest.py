@@ -12,6 +12,9 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Never read or write the user's weights cache; never reach the network."""
     monkeypatch.setenv("FCNKIT_CACHE", str(tmp_path / "fcnkit-cache"))
     monkeypatch.setenv("FCNKIT_OFFLINE", "1")
+    # backend "auto" (Predictor, eval, predict) would export each test's freshly made model to ONNX: a few
+    # seconds a test. The tests of that path (test_export_cache.py) delete this.
+    monkeypatch.setenv("FCNKIT_BACKEND", "torch")
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -149,7 +149,7 @@ def test_cli_fast_uses_optimize_for_inference_with_the_backend_asked(monkeypatch
     argv = ["fcn_resnet18_d16", "--size", "16x16", "--warmup", "0", "--repeats", "1", "--fast"]
     prepared = []
 
-    def optimize_for_inference(model, backend="torch"):
+    def optimize_for_inference(model, backend="auto"):
         prepared.append((model, backend))
         return lambda x: model(x)
 
@@ -157,7 +157,7 @@ def test_cli_fast_uses_optimize_for_inference_with_the_backend_asked(monkeypatch
     optimize_for_inference.__qualname__ = "optimize_for_inference"
     monkeypatch.setattr("fcnkit.cli.benchmark.optimize_for_inference", optimize_for_inference)
     assert _run_cli(argv) == 0
-    assert len(prepared) == 1 and not prepared[0][0].training and prepared[0][1] == "torch"
+    assert len(prepared) == 1 and not prepared[0][0].training and prepared[0][1] == "auto"
     assert "prepared by fcnkit.inference.optimize.optimize_for_inference" in capsys.readouterr().out
     assert _run_cli([*argv[:-1], "--backend", "onnxruntime"]) == 0  # --backend implies --fast
     assert prepared[1][1] == "onnxruntime"

@@ -125,9 +125,10 @@ def test_onnxruntime_backend_keeps_predictions_and_the_contract(tmp_path):
     got = fast(x)["out"]
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    # a temporary file by default, removed once the session holds the graph
+    # cache=False: a temporary file, removed once the session holds the graph
     before = set(tmp_path.parent.iterdir())
-    assert optimize_for_inference(model, backend="onnxruntime", check_size=(33, 41)).report.argmax_agreement == 1.0
+    fast = optimize_for_inference(model, backend="onnxruntime", check_size=(33, 41), cache=False)
+    assert fast.report.argmax_agreement == 1.0 and fast.report.onnx_path is None
     assert set(tmp_path.parent.iterdir()) == before
     with pytest.raises(ValueError, match="takes no channels_last"):
         optimize_for_inference(model, backend="onnxruntime", channels_last=True)

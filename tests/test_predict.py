@@ -71,3 +71,37 @@ def test_sliding_window_single_tile_and_overlap_average():
         count[..., r : r + 64, c : c + 64] += 1
     assert count.min() == 1 and count.max() == 4
     assert torch.allclose(sliding_window_logits(model, y, 64, 32, 3), total / count, atol=1e-5)
+
+
+def test_folder_prediction_batches_same_size_neighbours_and_keeps_the_order(tmp_path):
+    from fcnkit.inference import predict_files
+
+    model, ckpt = _checkpoint(tmp_path)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = [(30, 40), (30, 40), (30, 40), (22, 36), (30, 40), (30, 40)]
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    (folder / "im2b.png").write_bytes(b"broken")  # between im2 and im3 in name order
+    predictor = Predictor(ckpt, batch_size=2)
+    batches = []
+    original = predictor.predict_tensor
+
+    def spy(rgb, probs=False):
+        batches.append(tuple(rgb.shape))
+        return original(rgb, probs)
+
+    predictor.predict_tensor = spy
+    paths = sorted(folder.iterdir())
+    report = predict_files(predictor, paths, tmp_path / "out", overlays=False, show_progress=False)
+    # im0 im1 | im2 (im2b skipped; im3 has another size) | im3 | im4 im5
+    assert batches == [(2, 3, 30, 40), (1, 3, 30, 40), (1, 3, 22, 36), (2, 3, 30, 40)]
+    assert [p.name for p in report.written] == [f"im{i}.png" for i in range(6)]
+    assert [p.name for p, _ in report.skipped] == ["im2b.png"]
+    assert not list((tmp_path / "out").glob("*_overlay.jpg"))
+    for i in range(6):
+        rgb = torch.from_numpy(np.array(Image.open(folder / f"im{i}.png"))).permute(2, 0, 1)
+        with torch.no_grad():
+            expected = model(model.preprocessing(rgb[None]))["out"].argmax(1)[0].numpy()
+        assert np.array_equal(np.array(Image.open(tmp_path / "out" / f"im{i}.png")), expected)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import InferenceConfig, inference_config
+from ..config import InferenceConfig, inference_config, parse_override
 
 
 def size(text: str) -> tuple[int, int]:
@@ -23,6 +23,25 @@ def window(text: str) -> tuple[int, int]:
     return size(text if "x" in text.lower() else f"{text}x{text}")
 
 
+def dataset_options(texts: list[str]) -> dict:
+    """``key=value`` dataset options, values read as YAML (``exclude_groups=[0006R0]``)."""
+    options = {}
+    for text in texts:
+        path, value = parse_override(text)
+        options[".".join(path)] = value
+    return options
+
+
+def add_option_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dataset option, e.g. --option exclude_groups=[0006R0] (repeatable)",
+    )
+
+
 def add_device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help=f"cpu, cuda, cuda:1 ... or auto (default {default})")
 
@@ -36,10 +55,11 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=("torch", "onnxruntime"),
-        default="torch",
-        help="onnxruntime: export the model to ONNX once and run it with ONNX Runtime on the CPU "
-        "(fcnkit[onnx]; the fastest exact path on CPU, see README 'Speed')",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        default="auto",
+        help="auto (default): ONNX Runtime on CPU when installed, the fastest exact path there (see README "
+        "'Speed'; the export is cached under $FCNKIT_CACHE/onnx), PyTorch otherwise and on CUDA; openvino: "
+        "the same ONNX file compiled by OpenVINO (fcnkit[openvino])",
     )
     g = p.add_argument_group("test-time inference (default: one whole-image pass)")
     g.add_argument("--scales", type=float, nargs="+", metavar="S", help="average over these resize factors")

@@ -20,9 +20,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def cmd_benchmark(args: argparse.Namespace) -> int:
     prepare = None
     if args.fast or args.backend:
-        backend = args.backend or "torch"
+        backend = args.backend or "auto"
         prepare = (
-            optimize_for_inference if backend == "torch" else functools.partial(optimize_for_inference, backend=backend)
+            optimize_for_inference if backend == "auto" else functools.partial(optimize_for_inference, backend=backend)
         )
     sizes = args.size or [(480, 640)]
     batches = args.batch or [1]
@@ -79,11 +79,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     p.add_argument("--num-classes", type=int, help="classes of models built by name (default 21)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model and input dtype")
-    p.add_argument("--fast", action="store_true", help="time fcnkit.optimize_for_inference(model)")
+    p.add_argument(
+        "--fast", action="store_true", help="time fcnkit.optimize_for_inference(model): the default path (backend auto)"
+    )
     p.add_argument(
         "--backend",
-        choices=("torch", "onnxruntime"),
-        help="the backend of --fast (implies it); onnxruntime exports the model to ONNX first",
+        choices=("auto", "torch", "onnxruntime", "openvino"),
+        help="the backend of --fast (implies it); onnxruntime and openvino export the model to ONNX first",
     )
     p.add_argument("--csv", metavar="FILE", help="also write the results to this CSV file")
     p.add_argument("--json", metavar="FILE", help="also write the results (with raw timings) to this JSON file")

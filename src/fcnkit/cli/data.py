@@ -6,22 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import parse_override
 from ..data import build_dataset, check_dataset, shared_groups
-
-
-def _options(texts: list[str]) -> dict:
-    """``key=value`` dataset options, values read as YAML (``exclude_groups=[0006R0]``)."""
-    options = {}
-    for text in texts:
-        path, value = parse_override(text)
-        options[".".join(path)] = value
-    return options
+from .args import add_option_arg, dataset_options
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     splits = args.split or ["train"]
-    options = _options(args.option)
+    options = dataset_options(args.option)
     datasets = {split: build_dataset(args.name, args.root, split, **options) for split in splits}
     failed = False
     for split, dataset in datasets.items():
@@ -54,12 +45,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--split", action="append", help="a split (repeat to check several and compare their groups; default train)"
     )
-    p.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a dataset option, e.g. --option exclude_groups=[0006R0] (repeatable)",
-    )
+    add_option_arg(p)
     p.add_argument("--max-samples", type=int)
     p.set_defaults(func=cmd_data_check)

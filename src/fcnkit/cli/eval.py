@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint, read_checkpoint
@@ -11,13 +12,16 @@ from ..data import build_dataset
 from ..engine.evaluate import evaluate
 from ..engine.pictures import save_evaluation_pictures
 from ..errors import CheckpointError, ConfigError
-from ..inference import describe_inference, optimized_or_plain
+from ..inference import describe_backend, describe_inference, load_model, optimized_or_plain
 from ..utils import resolve_device
-from .args import add_device_arg, add_inference_args, inference_from_args
+from .args import add_device_arg, add_inference_args, add_option_arg, dataset_options, inference_from_args
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    ckpt = read_checkpoint(args.checkpoint)
+    onnx_file = str(args.checkpoint).endswith(".onnx")  # fcnkit export / quantize output: no training config
+    if onnx_file and args.ema:
+        raise ConfigError("--ema needs an fcnkit checkpoint (last.pth); an .onnx file holds one set of weights")
+    ckpt = {} if onnx_file else read_checkpoint(args.checkpoint)
     run = ckpt.get("config") or {}
     data_cfg = run.get("data", {})
     run_name = data_cfg.get("val_name") or data_cfg.get("name")
@@ -27,10 +31,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("this checkpoint does not say which dataset it was trained on: pass --data and --root")
     split = args.split or data_cfg.get("val_split", "val")
     run_options = data_cfg.get("val_options") if data_cfg.get("val_options") is not None else data_cfg.get("options")
-    options = (run_options or {}) if name == run_name else {}
+    options = {**((run_options or {}) if name == run_name else {}), **dataset_options(args.option)}
     dataset = build_dataset(name, root, split, **options)
     device = resolve_device(args.device)
-    model = load_checkpoint(args.checkpoint)
+    model = load_model(args.checkpoint) if onnx_file else load_checkpoint(args.checkpoint)
     if args.ema:
         if not ckpt.get("ema"):
             raise CheckpointError(
@@ -41,6 +45,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model = model.to(device)
     if not args.no_optimize:
         model = optimized_or_plain(model, args.backend)
+    print(f"model: {describe_backend(model)}", file=sys.stderr)
     inference = inference_from_args(args, run.get("test"))
     metrics = evaluate(
         model,
@@ -69,6 +74,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset name (default: the one the checkpoint was trained on)")
     p.add_argument("--root", help="dataset root (default: the training run's)")
     p.add_argument("--split", help="split (default: the run's validation split)")
+    add_option_arg(p)
     p.add_argument("--batch-size", type=int, default=1, help="1 is exact; larger batches pad images")
     p.add_argument("--workers", type=int, default=2)
     add_device_arg(p)

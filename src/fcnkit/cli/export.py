@@ -1,4 +1,5 @@
-"""``fcnkit export``: a model to ONNX, checked with ONNX Runtime (:mod:`fcnkit.export`)."""
+"""``fcnkit export``: a model to ONNX, checked with ONNX Runtime (:mod:`fcnkit.export`); ``fcnkit quantize``: an
+int8 ONNX file of it (:mod:`fcnkit.inference.quantize`)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    add_export_parser(sub)
+    add_quantize_parser(sub)
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a model to ONNX and check it with ONNX Runtime")
     p.add_argument(
         "model",
@@ -60,3 +66,53 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-classes", type=int, help="classes of a bare model name's random weights (default 21)")
     p.set_defaults(func=cmd_export)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from ..inference.quantize import quantize_onnx  # deferred: ONNX Runtime's quantization tools load slowly
+
+    model = model_from_spec(args.model, args.num_classes)
+    report = quantize_onnx(
+        model,
+        args.calib,
+        args.out,
+        method=args.method,
+        per_channel=not args.per_tensor,
+        reduce_range=args.reduce_range,
+        limit=args.limit,
+        max_side=args.max_side,
+        check_images=args.check,
+    )
+    print(
+        f"wrote {report.path}: int8 (QDQ, {args.method} calibration on {report.calibration_images} images"
+        f"{', per-tensor' if args.per_tensor else ', per-channel'} weights{', reduce_range' if args.reduce_range else ''}"
+        f"), arg-max agreement with fp32 {report.argmax_agreement:.4%} on {report.check_images} images, "
+        f"{report.seconds:.0f} s"
+    )
+    for line in report.skipped:
+        print(f"skipped {line}")
+    return 0
+
+
+def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize", help="int8 ONNX file of a model (static quantization with ONNX Runtime, real calibration images)"
+    )
+    p.add_argument("model", help="an fcnkit checkpoint, '<model>.<weights tag>', or a registered model name")
+    p.add_argument("--calib", required=True, help="a folder of calibration images (training images, not test ones)")
+    p.add_argument("--out", required=True, help="the .onnx file to write (runs with fcnkit predict / eval)")
+    p.add_argument(
+        "--method",
+        choices=("minmax", "percentile", "entropy"),
+        default="minmax",
+        help="how activation ranges come from the calibration images (default minmax)",
+    )
+    p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default: per channel)")
+    p.add_argument(
+        "--reduce-range", action="store_true", help="7-bit weights: for AVX2 CPUs without VNNI, where u8s8 can saturate"
+    )
+    p.add_argument("--limit", type=int, default=64, help="at most this many calibration images (default 64)")
+    p.add_argument("--max-side", type=int, help="shrink larger calibration images to this long side first")
+    p.add_argument("--check", help="a folder of images to measure int8 against fp32 on (default: the calibration ones)")
+    p.add_argument("--num-classes", type=int, help="classes of a bare model name's random weights (default 21)")
+    p.set_defaults(func=cmd_quantize)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..inference import Predictor, expand_inputs, predict_files
+from ..inference import Predictor, describe_backend, expand_inputs, predict_files
 from .args import add_device_arg, add_inference_args, inference_from_args
 
 
@@ -13,13 +14,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.model,
         device=args.device,
         tile=args.tile,
-        batch_size=1,
+        batch_size=args.batch_size,
         inference=inference_from_args(args),
         optimize=not args.no_optimize,
         backend=args.backend,
     )
+    print(f"model: {describe_backend(predictor.model)}", file=sys.stderr)
     paths = expand_inputs(args.inputs)
-    report = predict_files(predictor, paths, args.out, probs=args.probs, alpha=args.alpha)
+    report = predict_files(predictor, paths, args.out, probs=args.probs, alpha=args.alpha, overlays=not args.no_overlay)
     skipped = len(report.skipped)
     print(
         f"wrote {len(report.written)} of {len(paths)} predictions to {args.out}"
@@ -36,6 +38,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probs", action="store_true", help="also write class probabilities (<name>_probs.npy, float16)")
     p.add_argument("--tile", type=int, help="segment images larger than this in overlapping tiles of this size")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
+    p.add_argument("--no-overlay", action="store_true", help="write only the label PNGs (and --probs)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="consecutive images of one size share a forward pass, up to this many (default 4)",
+    )
     add_inference_args(p)
     add_device_arg(p)
     p.set_defaults(func=cmd_predict)

@@ -4,7 +4,14 @@ image files (:mod:`.files`). Layer: above export, models and data; below engine.
 
 from .files import IMAGE_SUFFIXES, PredictionReport, expand_inputs, predict_files
 from .loading import is_bare_model_name, load_model, model_from_spec
-from .optimize import OptimizedModel, fold_batchnorm, optimize_for_inference, optimized_or_plain
+from .optimize import (
+    OptimizedModel,
+    describe_backend,
+    fold_batchnorm,
+    optimize_for_inference,
+    optimized_or_plain,
+    resolve_backend,
+)
 from .predictor import Prediction, Predictor, to_rgb_tensor
 from .tta import describe_inference, infer_logits, is_plain, sliding_window_logits
 
@@ -14,6 +21,7 @@ __all__ = [
     "Prediction",
     "PredictionReport",
     "Predictor",
+    "describe_backend",
     "describe_inference",
     "expand_inputs",
     "fold_batchnorm",
@@ -25,6 +33,7 @@ __all__ = [
     "optimize_for_inference",
     "optimized_or_plain",
     "predict_files",
+    "resolve_backend",
     "sliding_window_logits",
     "to_rgb_tensor",
 ]

@@ -9,7 +9,11 @@ What it does, each step kept only where it leaves the predictions unchanged:
 * **Inference mode** and no autograd bookkeeping.
 * **channels_last** memory format (default: on CUDA only; on CPU it measured between 0.96x and 1.10x).
 * optional **torch.compile**, optional **bf16 / fp16 autocast** (opt-in: not exact).
-* optional **ONNX Runtime** backend (``backend="onnxruntime"``), through :mod:`fcnkit.export`.
+* the **ONNX Runtime** backend (``backend="onnxruntime"``), through :mod:`fcnkit.export`; the exported file is
+  cached under ``$FCNKIT_CACHE/onnx`` (:mod:`fcnkit.export.cache`), so a checkpoint is exported once.
+  ``backend="auto"`` (what ``Predictor``, ``fcnkit eval`` and ``fcnkit predict`` use) takes ONNX Runtime for a
+  CPU model when onnx, onnxscript and onnxruntime are installed, PyTorch otherwise and on CUDA
+  (``FCNKIT_BACKEND=torch`` or ``onnxruntime`` makes that choice for every ``auto``).
 
 After optimising, the result is compared with the original model on a random input: the logits must be close
 and the arg-max must agree on at least 99.9 % of the pixels (``check=True``); otherwise an error says which
@@ -19,8 +23,10 @@ option broke it. ``report`` on the returned object lists what was applied.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +38,19 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from ..errors import ConfigError
 from ..utils import AMP_DTYPES, compare_logits, eval_mode
 
-__all__ = ["OptimizedModel", "fold_batchnorm", "optimize_for_inference", "optimized_or_plain"]
+__all__ = [
+    "BACKENDS",
+    "OptimizedModel",
+    "describe_backend",
+    "fold_batchnorm",
+    "onnxruntime_available",
+    "optimize_for_inference",
+    "optimized_or_plain",
+    "resolve_backend",
+]
+
+#: how the cached exports are made (part of their cache key): dynamic batch, height and width, default opset
+ONNX_LAYOUT = {"dynamic": True, "opset": None, "input": "float32 NCHW preprocessed", "output": "logits"}
 
 
 def _fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -95,12 +113,56 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, list[str]]:
     return model, skipped
 
 
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+
+
 @dataclass
 class OptimizeReport:
     applied: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     max_abs_diff: float | None = None
     argmax_agreement: float | None = None
+    #: the backend that runs the model ("torch", "onnxruntime")
+    backend: str = "torch"
+    #: ONNX Runtime: the export cache entry used, whether it was found (True) or exported now, and the seconds
+    #: that took (the export, or the check of a found entry)
+    onnx_path: str | None = None
+    cache_hit: bool | None = None
+    export_seconds: float | None = None
+
+
+def describe_backend(model: nn.Module) -> str:
+    """What runs ``model``, in words, e.g. ``onnxruntime (cached export found in 0.31 s: PATH)``."""
+    report = getattr(model, "report", None)
+    if not isinstance(report, OptimizeReport):
+        return f"{type(model).__name__}, as built (not optimised)"
+    text = f"{report.backend} ({', '.join(report.applied) or 'nothing applied'})"
+    if report.cache_hit is not None and report.export_seconds is not None:
+        how = "cached export found" if report.cache_hit else "exported"
+        where = f": {report.onnx_path}" if report.onnx_path else ""
+        text += f", {how} in {report.export_seconds:.2f} s{where}"
+    return text
+
+
+def onnxruntime_available() -> bool:
+    """onnx, onnxscript (the exporter) and onnxruntime are importable."""
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxscript", "onnxruntime"))
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``"auto"`` made concrete for a model on ``device``: ``$FCNKIT_BACKEND`` when set, else ONNX Runtime on
+    CPU when it is installed, else PyTorch."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    chosen = os.environ.get("FCNKIT_BACKEND", "").strip().lower()
+    if chosen:
+        if chosen not in BACKENDS:
+            raise ConfigError(f"FCNKIT_BACKEND must be one of {', '.join(BACKENDS)}, got {chosen!r}")
+        if chosen != "auto":
+            return chosen
+    return "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
 
 
 class OptimizedModel(nn.Module):
@@ -140,12 +202,13 @@ def optimize_for_inference(
     channels_last: bool | None = None,
     compile: bool = False,
     amp: str | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
     check: bool = True,
     check_size: tuple[int, int] = (97, 131),
     atol: float = 1e-3,
     rtol: float = 1e-4,
     onnx_path: str | None = None,
+    cache: bool = True,
 ) -> OptimizedModel:
     """A copy of ``model`` prepared for fast inference; the original is left untouched.
 
@@ -155,22 +218,29 @@ def optimize_for_inference(
         compile: ``torch.compile`` the result (first calls are slow while it compiles).
         amp: ``"bf16"`` or ``"fp16"`` autocast (opt-in; not exact, the check then only needs 99.9 % arg-max
             agreement, not close logits).
-        backend: ``"torch"`` or ``"onnxruntime"`` (export to ONNX and run with ONNX Runtime on the CPU).
         check: compare with the original model on a random ``check_size`` input and raise if the logits differ
             by more than ``atol + rtol * max|logit|`` (skipped with ``amp``) or the arg-max agrees on less than
             99.9 % of the pixels.
-        onnx_path: where the ONNX file goes with ``backend="onnxruntime"`` (default: a temporary file).
+        backend: ``"torch"``, ``"onnxruntime"`` (export to ONNX and run with ONNX Runtime on the CPU),
+            ``"openvino"`` (the same ONNX file compiled by OpenVINO for the CPU, ``fcnkit[openvino]``) or
+            ``"auto"``, the default: ONNX Runtime for a CPU model when it is installed, else PyTorch (and PyTorch
+            whenever ``compile``, ``amp`` or ``channels_last`` is asked for).
+        onnx_path: where the ONNX file goes with ONNX Runtime or OpenVINO (default: the export cache, or a temporary file
+            with ``cache=False``).
+        cache: with ONNX Runtime or OpenVINO and no ``onnx_path``, keep the export in ``$FCNKIT_CACHE/onnx`` keyed by the
+            weights, the model and the versions, and reuse it next time (:func:`fcnkit.export.cache.cached_onnx`).
 
     Returns:
         An :class:`OptimizedModel`; ``.report`` says what was applied and what the check measured.
     """
-    if backend not in ("torch", "onnxruntime"):
-        raise ConfigError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
     if amp is not None and amp not in AMP_DTYPES:
         raise ConfigError(f"amp must be None or one of {', '.join(AMP_DTYPES)}, got {amp!r}")
     source = model
     device = next(source.parameters()).device
-    report = OptimizeReport()
+    if backend == "auto" and (compile or amp or channels_last):
+        backend = "torch"  # what only PyTorch does was asked for
+    backend = resolve_backend(backend, device)
+    report = OptimizeReport(backend=backend)
     with eval_mode(source):
         work = copy.deepcopy(source)
         if fold_bn:
@@ -181,22 +251,14 @@ def optimize_for_inference(
             channels_last = device.type == "cuda"
         amp_dtype = AMP_DTYPES.get(amp) if amp is not None else None
         runner: Any = work
-        if backend == "onnxruntime":
+        if backend in ("onnxruntime", "openvino"):
             if channels_last or amp or compile:
-                raise ConfigError("the onnxruntime backend takes no channels_last, amp or compile")
+                raise ConfigError(f"the {backend} backend takes no channels_last, amp or compile")
             if device.type != "cpu":
-                raise ConfigError("the onnxruntime backend runs on the CPU; move the model to the CPU first")
-            from ..export import OnnxRuntimeModel, export_onnx  # deferred: onnx and onnxruntime are optional
+                raise ConfigError(f"the {backend} backend runs on the CPU; move the model to the CPU first")
 
-            if onnx_path is None:  # ONNX Runtime holds the graph in memory once the session exists
-                with tempfile.TemporaryDirectory(prefix="fcnkit_") as folder:
-                    path = os.path.join(folder, "model.onnx")
-                    export_onnx(work, path, verify=False)
-                    runner = OnnxRuntimeModel(path)
-            else:
-                export_onnx(work, onnx_path, verify=False)
-                runner = OnnxRuntimeModel(onnx_path)
-            report.applied.append("onnxruntime")
+            runner = _onnx_runner(work, backend, onnx_path, cache, report)
+            report.applied.append(backend)
         else:
             if channels_last:
                 work = work.to(memory_format=torch.channels_last)
@@ -223,14 +285,63 @@ def optimize_for_inference(
     return optimized
 
 
-def optimized_or_plain(model: nn.Module, backend: str = "torch") -> nn.Module:
+def _onnx_runner(
+    work: nn.Module, backend: str, onnx_path: str | None, cache: bool, report: OptimizeReport
+) -> nn.Module:
+    """``work`` exported to ONNX (to ``onnx_path``, the cache, or a temporary file) and opened by ONNX Runtime or
+    compiled by OpenVINO (``backend``)."""
+    from ..export import export_onnx  # deferred: the exporter imports onnx and onnxscript
+
+    if backend == "openvino":
+        from ..export.openvino import OpenVINOModel as runtime
+    else:
+        from ..export import OnnxRuntimeModel as runtime
+
+    start = time.perf_counter()
+    if onnx_path is not None:
+        export_onnx(work, onnx_path, verify=False)
+        runner = runtime(onnx_path)
+        report.onnx_path, report.cache_hit = str(onnx_path), False
+    elif cache:
+        from ..export import cached_onnx
+
+        opened: dict[str, nn.Module] = {}
+
+        def validate(path: Any) -> None:  # a found entry must open, else it is rebuilt
+            opened["model"] = runtime(path)
+
+        entry = cached_onnx(work, lambda m, p: export_onnx(m, p, verify=False), ONNX_LAYOUT, validate=validate)
+        runner = opened.get("model") if entry.hit else None
+        runner = runner or runtime(entry.path)
+        report.onnx_path, report.cache_hit = str(entry.path), entry.hit
+    else:  # the runtimes hold the graph in memory once it is loaded
+        with tempfile.TemporaryDirectory(prefix="fcnkit_") as folder:
+            path = os.path.join(folder, "model.onnx")
+            export_onnx(work, path, verify=False)
+            runner = runtime(path)
+        report.cache_hit = False
+    report.export_seconds = time.perf_counter() - start
+    return runner
+
+
+def optimized_or_plain(model: nn.Module, backend: str = "auto") -> nn.Module:
     """``optimize_for_inference(model, backend=backend)``, or ``model`` itself with a warning when the
-    optimised copy does not reproduce its predictions. A model without parameters (an ONNX Runtime model) is
-    returned as it is."""
-    if next(model.parameters(), None) is None:
+    optimised copy does not reproduce its predictions. With ``"auto"``, a model ONNX Runtime cannot take (the
+    export fails) runs on PyTorch's fast path instead, with a warning that names the export's error. A model
+    without parameters (an ONNX Runtime model) is returned as it is."""
+    first = next(model.parameters(), None)
+    if first is None:
         return model
+    chosen = resolve_backend(backend, first.device)
     try:
-        return optimize_for_inference(model, backend=backend)
-    except RuntimeError as exc:
+        return optimize_for_inference(model, backend=chosen)
+    except Exception as exc:
+        if backend == "auto" and chosen == "onnxruntime":
+            warnings.warn(
+                f"ONNX Runtime cannot run this model ({type(exc).__name__}: {exc}); using PyTorch", stacklevel=2
+            )
+            return optimized_or_plain(model, "torch")
+        if not isinstance(exc, RuntimeError):
+            raise
         warnings.warn(f"using the model unoptimised: {exc}", stacklevel=2)
         return model

@@ -51,8 +51,9 @@ class Predictor:
         optimize: run through :func:`fcnkit.optimize_for_inference` with its exact defaults (BatchNorm folded
             into the convolutions, checked against the plain model on a random input); if that check fails
             the plain model is used and a warning says why.
-        backend: ``"torch"`` or ``"onnxruntime"`` (the model exported to ONNX once and run by ONNX Runtime on
-            the CPU; needs ``fcnkit[onnx]``), for ``optimize``.
+        backend: for ``optimize``: ``"auto"`` (ONNX Runtime for a CPU model when it is installed, else PyTorch),
+            ``"torch"`` or ``"onnxruntime"`` (the model exported to ONNX, the file cached under
+            ``$FCNKIT_CACHE/onnx`` so that the next Predictor of the same weights does not export again).
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class Predictor:
         batch_size: int = 1,
         inference: InferenceConfig | None = None,
         optimize: bool = True,
-        backend: str = "torch",
+        backend: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
         self.model = load_model(model).to(self.device).eval()
