@@ -19,6 +19,8 @@ is given as a share of it.
     python benchmarks/peer_speed.py                                # CPU, fp32, batch 1, default paths
     python benchmarks/peer_speed.py --paths fold_bn onnxruntime compile --rounds 20
     python benchmarks/peer_speed.py --cases resnet:360x480 timm:360x480 encnet:480x480 vgg:480x640
+    python benchmarks/peer_speed.py --cases resnet:360x480 --paths default onnxruntime int8 int8_reduce_range \
+        --calib ../shared/data/camvid/train
     python benchmarks/peer_speed.py --device cuda --paths fold_bn+channels_last bf16 compile_bf16
 """
 
@@ -38,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 import fcnkit
 from fcnkit.apps.benchmark import count_flops, time_interleaved, timed
@@ -47,7 +50,7 @@ from fcnkit.utils import compare_logits
 #: Exact paths (fp32; logits within float rounding of the peer's).
 EXACT_PATHS = ("default", "eager", "fold_bn", "fold_bn+channels_last", "onnxruntime", "openvino", "compile")
 #: Reduced-precision paths (opt-in; their arg-max agreement with the fp32 peer is printed).
-REDUCED_PATHS = ("bf16", "fp16", "compile_bf16")
+REDUCED_PATHS = ("bf16", "fp16", "compile_bf16", "int8", "int8_reduce_range")
 DEFAULT_PATHS = ("default", "eager", "fold_bn", "fold_bn+channels_last", "onnxruntime", "openvino")
 
 
@@ -72,7 +75,23 @@ def randomise_bn(model: torch.nn.Module) -> None:
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
-def fcnkit_path(model: torch.nn.Module, path: str, onnx_dir: str) -> Callable:
+#: calibration images of the int8 paths (``--calib``; default: random smooth images written to a temporary folder)
+CALIB: dict[str, str] = {}
+
+
+def _calibration_folder(onnx_dir: str, size: tuple[int, int]) -> str:
+    if CALIB.get("dir"):
+        return CALIB["dir"]
+    folder = Path(onnx_dir) / "calib"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        small = rng.integers(0, 256, (size[0] // 16, size[1] // 16, 3), dtype=np.uint8)
+        Image.fromarray(small).resize(size[::-1], Image.BILINEAR).save(folder / f"{i}.png")
+    return str(folder)
+
+
+def fcnkit_path(model: torch.nn.Module, path: str, onnx_dir: str, size: tuple[int, int] = (360, 480)) -> Callable:
     """The callable for one path; every one goes through ``optimize_for_inference`` except plain eager."""
     if path == "default":  # what Predictor, fcnkit eval and fcnkit predict use: backend "auto"
         backend = resolve_backend("auto", next(model.parameters()).device)
@@ -86,6 +105,14 @@ def fcnkit_path(model: torch.nn.Module, path: str, onnx_dir: str) -> Callable:
         return optimize_for_inference(model, channels_last=True)
     if path in ("onnxruntime", "openvino"):
         return optimize_for_inference(model, backend=path, onnx_path=os.path.join(onnx_dir, f"{path}.onnx"))
+    if path in ("int8", "int8_reduce_range"):  # fcnkit quantize: ONNX Runtime static QDQ, run by ONNX Runtime
+        from fcnkit.export import OnnxRuntimeModel
+        from fcnkit.inference.quantize import quantize_onnx
+
+        out = os.path.join(onnx_dir, f"{path}.onnx")
+        calib = _calibration_folder(onnx_dir, size)
+        quantize_onnx(model, calib, out, reduce_range=path.endswith("reduce_range"), limit=16)
+        return OnnxRuntimeModel(out)
     if path == "compile":
         return optimize_for_inference(model, compile=True)
     if path in ("bf16", "fp16"):
@@ -148,7 +175,7 @@ def run_case(case: str, paths: list[str], args: argparse.Namespace, device: torc
         for path in paths:
             start = time.perf_counter()
             try:
-                fn = fcnkit_path(ours, path, onnx_dir)
+                fn = fcnkit_path(ours, path, onnx_dir, (h, w))
             except (RuntimeError, ImportError, ValueError) as e:
                 print(f"{kind} {h}x{w}: path {path} unavailable: {str(e).splitlines()[0]}")
                 continue
@@ -181,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed forwards per runner (default 2)")
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds; each runs every runner once")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--calib", help="calibration images of the int8 paths (default: random smooth images)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--cases",
@@ -189,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         help="MODEL:HxW, MODEL one of resnet, vgg, timm, encnet",
     )
     args = parser.parse_args(argv)
+    CALIB["dir"] = args.calib or ""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

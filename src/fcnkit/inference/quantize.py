@@ -120,7 +120,9 @@ def quantize_onnx(
 
     Args:
         method: activation ranges from the calibration images' ``"minmax"``, a ``"percentile"`` (99.999) or
-            ``"entropy"`` (KL divergence, as TensorRT calibrates).
+            ``"entropy"`` (KL divergence, as TensorRT calibrates). ``minmax`` needs the memory of one image's
+            activations; the other two keep those of every calibration image (ONNX Runtime's histogram
+            calibrators), so give them fewer or smaller images (``limit``, ``max_side``).
         per_channel: a scale per output channel of each weight (more precise, same speed).
         reduce_range: 7-bit weights, for AVX2 CPUs without VNNI where u8s8 products can saturate.
         limit: at most this many calibration images (the first, sorted by name).
@@ -165,7 +167,9 @@ def quantize_onnx(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=calibrate,
-            extra_options={"CalibMovingAverage": False, "CalibPercentile": 99.999},
+            # minmax merges each image's ranges at once (memory of one image's activations); the histogram
+            # methods keep every activation of every calibration image until the end (use fewer / smaller images)
+            extra_options={"CalibMaxIntermediateOutputs": 1} if method == "minmax" else {"CalibPercentile": 99.999},
         )
         fp32_model = OnnxRuntimeModel(fp32)
         checks = arrays if check_images is None else _load(_files(check_images, None), preprocessing, max_side)[0]
