@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..inference import Predictor, describe_backend, expand_inputs, predict_files
+from ..inference.video import is_video, predict_video
 from .args import add_device_arg, add_inference_args, inference_from_args
 
 
@@ -20,7 +21,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     print(f"model: {describe_backend(predictor.model)}", file=sys.stderr)
-    paths = expand_inputs(args.inputs)
+    videos = [item for item in args.inputs if is_video(item)]
+    images = [item for item in args.inputs if not is_video(item)]
+    for source in videos:
+        video = predict_video(
+            predictor, source, args.out, alpha=args.alpha, labels=args.video_labels, max_frames=args.max_frames
+        )
+        h, w = video.size
+        print(
+            f"wrote {video.overlay}: {video.frames} frames, {w}x{h}, {float(video.rate):.3g} frames/s "
+            f"(segmented at {video.frames_per_second:.1f} frames/s)"
+            + (f"; labels in {video.labels}" if video.labels else "")
+        )
+    if not images:
+        return 0
+    paths = expand_inputs(images)
     report = predict_files(predictor, paths, args.out, probs=args.probs, alpha=args.alpha, overlays=not args.no_overlay)
     skipped = len(report.skipped)
     print(
@@ -31,14 +46,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="segment images: label PNGs (palette, values = class index) + overlays")
+    p = sub.add_parser(
+        "predict",
+        help="segment images (label PNGs, values = class index, + overlays) and videos (<name>_overlay.mp4)",
+    )
     p.add_argument("model", help="an fcnkit checkpoint, or '<model>.<weights tag>' such as fcn_resnet50_d8.coco_voc")
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files, folders or glob patterns; videos (.mp4, .mov, .avi, .mkv, .webm...), /dev/video0, rtsp://",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--probs", action="store_true", help="also write class probabilities (<name>_probs.npy, float16)")
     p.add_argument("--tile", type=int, help="segment images larger than this in overlapping tiles of this size")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity")
     p.add_argument("--no-overlay", action="store_true", help="write only the label PNGs (and --probs)")
+    p.add_argument(
+        "--video-labels", action="store_true", help="videos: also write each frame's label PNG into <name>_labels/"
+    )
+    p.add_argument("--max-frames", type=int, help="videos, webcams, streams: stop after this many frames")
     p.add_argument(
         "--batch-size",
         type=int,

@@ -120,8 +120,8 @@ def quantize_onnx(
 
     Args:
         method: activation ranges from the calibration images' ``"minmax"``, a ``"percentile"`` (99.999) or
-            ``"entropy"`` (KL divergence, as TensorRT calibrates). ``minmax`` needs the memory of one image's
-            activations; the other two keep those of every calibration image (ONNX Runtime's histogram
+            ``"entropy"`` (KL divergence, as TensorRT calibrates). ``minmax`` keeps only each tensor's extremes
+            per image; the other two keep every activation of every calibration image (ONNX Runtime's histogram
             calibrators), so give them fewer or smaller images (``limit``, ``max_side``).
         per_channel: a scale per output channel of each weight (more precise, same speed).
         reduce_range: 7-bit weights, for AVX2 CPUs without VNNI where u8s8 products can saturate.
@@ -167,9 +167,9 @@ def quantize_onnx(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=calibrate,
-            # minmax merges each image's ranges at once (memory of one image's activations); the histogram
-            # methods keep every activation of every calibration image until the end (use fewer / smaller images)
-            extra_options={"CalibMaxIntermediateOutputs": 1} if method == "minmax" else {"CalibPercentile": 99.999},
+            # minmax reads each tensor's min and max (ReduceMin / ReduceMax added to the graph): little memory; the
+            # histogram methods keep every activation of every calibration image until the end
+            extra_options={} if method == "minmax" else {"CalibPercentile": 99.999},
         )
         fp32_model = OnnxRuntimeModel(fp32)
         checks = arrays if check_images is None else _load(_files(check_images, None), preprocessing, max_side)[0]

@@ -1,0 +1,92 @@
+"""Video in and out: ``fcnkit predict clip.mp4`` writes an overlay video of the same frame count, size and rate,
+and label PNGs equal to the predictions of the decoded frames; broken files are named errors."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fcnkit
+from fcnkit.cli import main
+from fcnkit.errors import DataError
+
+av = pytest.importorskip("av")
+
+from fcnkit.inference.video import is_video, predict_video  # noqa: E402
+
+
+def _clip(path, frames=12, size=(48, 64), rate=10):
+    """A moving square over a gradient, encoded losslessly enough (high quality MPEG-4) to be predictable."""
+    h, w = size
+    container = av.open(str(path), "w")
+    stream = container.add_stream("mpeg4", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    stream.bit_rate = 2_000_000
+    for i in range(frames):
+        image = np.zeros((h, w, 3), np.uint8)
+        image[..., 0] = np.linspace(0, 255, w, dtype=np.uint8)[None]
+        image[10:26, 4 + 3 * i : 20 + 3 * i] = (20, 200, 40)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def _model():
+    torch.manual_seed(0)
+    model = fcnkit.create_model("fcn_resnet18_d16", num_classes=3).eval()
+    with torch.no_grad():
+        model.classifier[4].weight.normal_(0, 1.0)
+    model.palette = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
+    return model
+
+
+def _decoded_frames(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return frames, stream.average_rate, (stream.codec_context.height, stream.codec_context.width)
+
+
+def test_overlay_video_keeps_count_size_and_rate_and_labels_match_the_frames(tmp_path):
+    clip = _clip(tmp_path / "clip.mp4")
+    model = _model()
+    predictor = fcnkit.Predictor(model, batch_size=4)
+    report = predict_video(predictor, clip, tmp_path / "out", labels=True, show_progress=False)
+    assert report.frames == 12 and report.size == (48, 64) and report.rate == Fraction(10)
+    frames, rate, size = _decoded_frames(report.overlay)
+    assert len(frames) == 12 and rate == Fraction(10) and size == (48, 64)
+    originals, _, _ = _decoded_frames(clip)
+    for i, frame in enumerate(originals):  # each label PNG is the model's arg-max of that decoded frame
+        with torch.no_grad():
+            x = model.preprocessing(torch.from_numpy(frame).permute(2, 0, 1)[None])
+            expected = model(x)["out"].argmax(1)[0].numpy()
+        label = np.array(Image.open(report.labels / f"{i:06d}.png"))
+        assert np.array_equal(label, expected), i
+    # the overlay is the blend of those labels' colours over the frame (lossy: compared on average)
+    blend = (
+        0.5 * originals[5].astype(float)
+        + 0.5 * np.array(model.palette)[np.array(Image.open(report.labels / "000005.png"))]
+    )
+    assert np.abs(frames[5].astype(float) - blend).mean() < 12
+
+
+def test_cli_predicts_a_video_and_names_broken_ones(tmp_path, capsys):
+    clip = _clip(tmp_path / "walk.mp4", frames=5)
+    ckpt = fcnkit.save_checkpoint(tmp_path / "m.pth", _model())
+    assert main(["predict", str(ckpt), str(clip), "--out", str(tmp_path / "out"), "--max-frames", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "walk_overlay.mp4: 3 frames, 64x48, 10 frames/s" in out and "segmented at" in out
+    assert len(_decoded_frames(tmp_path / "out" / "walk_overlay.mp4")[0]) == 3
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video at all")
+    with pytest.raises(DataError, match=r"broken\.mp4: not a video FFmpeg can read"):
+        predict_video(fcnkit.Predictor(_model()), tmp_path / "broken.mp4", tmp_path / "out", show_progress=False)
+    assert main(["predict", str(ckpt), str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o")]) == 2
+    assert "missing.mp4: no such video file" in capsys.readouterr().err
+    assert is_video("a/b.MKV") and is_video("rtsp://cam/1") and not is_video("x.png")
