@@ -29,9 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # fcnkit's modules log through the "fcnkit" logger; the command line shows INFO and above on stderr,
-    # one line per record, flushed as it is written (a file or pipe sees each line as it happens).
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # fcnkit's modules log through the "fcnkit" logger; the command line shows its INFO and above on stderr,
+    # one line per record, flushed as it is written (a file or pipe sees each line as it happens). Other
+    # libraries only get WARNING and above through (the ONNX exporter's passes log every rewrite at INFO).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    if logging.getLogger("fcnkit").level == logging.NOTSET:  # an application's (or a test's) own level stands
+        logging.getLogger("fcnkit").setLevel(logging.INFO)
     try:
         return args.func(args)
     except FcnkitError as e:
