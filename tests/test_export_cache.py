@@ -17,6 +17,7 @@ import fcnkit
 from fcnkit.errors import ConfigError
 from fcnkit.export.cache import cached_onnx, export_key, weights_digest
 from fcnkit.inference.optimize import describe_backend, optimize_for_inference, resolve_backend
+from test_optimize import _randomise_bn
 
 LAYOUT = {"dynamic": True, "opset": None}
 
@@ -133,14 +134,7 @@ def test_auto_backend_choice(monkeypatch):
 
 
 def _tiny_fcn() -> nn.Module:
-    model = fcnkit.create_model("fcn_resnet18_d8", num_classes=3).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
+    return _randomise_bn(fcnkit.create_model("fcn_resnet18_d8", num_classes=3))
 
 
 @pytest.mark.slow

@@ -19,17 +19,12 @@ onnx = pytest.importorskip("onnx")
 
 from fcnkit.cli import main  # noqa: E402
 from fcnkit.inference.quantize import quantize_onnx  # noqa: E402
+from test_optimize import _randomise_bn  # noqa: E402
 
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    model = fcnkit.create_model("fcn_resnet18_d16", num_classes=3).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    model = _randomise_bn(fcnkit.create_model("fcn_resnet18_d16", num_classes=3))
     model.classes = ["road", "car", "sky"]
     return model
 
