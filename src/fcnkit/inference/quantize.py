@@ -34,12 +34,12 @@ from ..data.io import read_image
 from ..errors import ConfigError, DataError
 from ..export import OnnxRuntimeModel, export_onnx, require_onnx
 from ..utils import compare_logits
+from .files import expand_inputs
 from .optimize import fold_batchnorm
 
 __all__ = ["CALIBRATION_METHODS", "QuantizeReport", "quantize_onnx"]
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -56,19 +56,11 @@ class QuantizeReport:
     seconds: float
     skipped: list[str] = field(default_factory=list)
 
-    def as_metadata(self) -> str:
+    def as_metadata(self) -> dict[str, Any]:
+        """The record stored in the file (everything but its path)."""
         record = asdict(self)
         record.pop("path")
-        return json.dumps(record, default=str)
-
-
-def image_files(folder: str | os.PathLike[str], limit: int | None = None) -> list[Path]:
-    """The image files directly in ``folder`` (sorted), at most ``limit``."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder of calibration images")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    return files[:limit] if limit else files
+        return record
 
 
 def _load(files: Sequence[Path], preprocessing: Any, max_side: int | None) -> tuple[list[np.ndarray], list[str]]:
@@ -183,15 +175,8 @@ def quantize_onnx(
         time.perf_counter() - start, skipped,
     )  # fmt: skip
     quantized = onnx.load(os.fspath(out))
-    import onnxruntime
-
-    metadata["fcnkit.quantization"] = json.dumps(
-        {
-            **json.loads(report.as_metadata()),
-            "onnxruntime": onnxruntime.__version__,
-            "format": "QDQ u8 activations, s8 weights",
-        }
-    )
+    record = {**report.as_metadata(), "onnxruntime": require_onnx("onnxruntime").__version__}
+    metadata["fcnkit.quantization"] = json.dumps({**record, "format": "QDQ u8 activations, s8 weights"}, default=str)
     del quantized.metadata_props[:]
     for key, value in metadata.items():
         entry = quantized.metadata_props.add()
@@ -201,12 +186,12 @@ def quantize_onnx(
 
 
 def _files(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], limit: int | None) -> list[Path]:
-    if isinstance(images, (str, os.PathLike)):
-        path = Path(images)
-        if not path.exists():
-            raise DataError(f"{path}: no such folder of calibration images")
-        return image_files(path, limit) if path.is_dir() else [path]
-    files = [Path(p) for p in images]
+    """Image files of a folder (sorted, as ``fcnkit predict`` lists them), a file, or a list of them."""
+    items = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    for item in items:
+        if not Path(item).exists():
+            raise DataError(f"{item}: no such folder of calibration images")
+    files = expand_inputs([os.fspath(item) for item in items])
     return files[:limit] if limit else files
 
 
