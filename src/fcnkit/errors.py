@@ -35,6 +35,10 @@ class DataError(FcnkitError, ValueError):
     """A dataset problem: missing or unreadable files, wrong label values, mismatched sizes."""
 
 
+class ImageTooLargeError(DataError):
+    """An image with more pixels than the limit it was read under (a decompression bomb, or simply too big)."""
+
+
 class CheckpointError(FcnkitError, ValueError):
     """A file that is not a loadable fcnkit checkpoint (truncated, not a checkpoint, unsafe, newer format)."""
 

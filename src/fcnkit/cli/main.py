@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from ..errors import FcnkitError
 from ..version import __version__
-from . import benchmark, data, demo, eval, export, models, predict, train
+from . import benchmark, data, demo, eval, export, models, predict, serve, train
 
-COMMANDS = (models, train, eval, predict, demo, benchmark, export, data)
+COMMANDS = (models, train, eval, predict, serve, demo, benchmark, export, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

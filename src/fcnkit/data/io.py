@@ -12,20 +12,21 @@
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 from torch import Tensor
 
-from fcnkit.errors import DataError
+from fcnkit.errors import DataError, ImageTooLargeError
 
 PathLike = str | os.PathLike[str]
 RGB = tuple[int, int, int]
@@ -68,24 +69,38 @@ def _open_upright(path: Path, what: str) -> Image.Image:
     """Open, fully decode and EXIF-orient one file; every failure becomes a DataError naming it."""
     if not path.is_file():
         raise DataError(f"{what} file not found: {path}")
+    return _decode_upright(path, f"{what} {path}")
+
+
+def _decode_upright(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``source`` (a path or a binary stream) fully and EXIF-orient it; ``name`` goes into errors."""
     with _strict_decoding():
         try:
-            with Image.open(path) as img:
+            with Image.open(source) as img:
+                if max_pixels is not None and img.width * img.height > max_pixels:
+                    # checked on the header, before a byte of pixel data is decoded (a decompression bomb
+                    # is a small file declaring a huge image)
+                    raise ImageTooLargeError(
+                        f"{name} is {img.width} x {img.height} = {img.width * img.height:,} pixels, "
+                        f"over the limit of {max_pixels:,}"
+                    )
                 # Image.open only reads the header; load() decodes everything so that a truncated or
                 # corrupt body fails here, with the file name, not later inside a DataLoader worker.
                 img.load()
-                return _exif_upright(img, path)
+                return _exif_upright(img, name)
         except DataError:
             raise
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read {what} {path}: {exc} (corrupt or truncated file?)") from exc
+        except Image.DecompressionBombError as exc:
+            raise ImageTooLargeError(f"{name}: {exc}") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"cannot read {name}: {exc} (corrupt or truncated file?)") from exc
 
 
-def _exif_upright(img: Image.Image, path: Path) -> Image.Image:
+def _exif_upright(img: Image.Image, name: str) -> Image.Image:
     try:
         upright = ImageOps.exif_transpose(img)
     except Exception as exc:  # a malformed EXIF block should not cost the whole image
-        warnings.warn(f"{path}: ignoring unreadable EXIF orientation ({exc})", stacklevel=3)
+        warnings.warn(f"{name}: ignoring unreadable EXIF orientation ({exc})", stacklevel=3)
         return img.copy()
     return upright if upright is not None else img.copy()
 
@@ -101,7 +116,22 @@ def read_image(path: PathLike) -> Tensor:
     Raises :class:`DataError` naming the file when it is missing, corrupt or truncated.
     """
     path = Path(path)
-    img = _open_upright(path, "image")
+    return _rgb_tensor(_open_upright(path, "image"), f"image {path}")
+
+
+def decode_image(data: bytes, name: str = "the image", max_pixels: int | None = None) -> Tensor:
+    """:func:`read_image` for the bytes of an image file (an upload, say): ``uint8`` ``(3, H, W)`` RGB.
+
+    Raises :class:`DataError` naming ``name`` for an empty, corrupt, truncated or unknown-format body, and
+    :class:`ImageTooLargeError` when the header declares more than ``max_pixels`` pixels (checked before
+    decoding) or PIL's decompression-bomb guard trips.
+    """
+    if not data:
+        raise DataError(f"{name} is empty (0 bytes)")
+    return _rgb_tensor(_decode_upright(io.BytesIO(data), name, max_pixels), name)
+
+
+def _rgb_tensor(img: Image.Image, name: str) -> Tensor:
     if img.mode in _SIXTEEN_BIT_MODES:
         values = np.array(img).astype(np.float64)
         # 65535 / 257 == 255 exactly, so the full 16-bit range maps onto the full 8-bit range.
@@ -113,7 +143,7 @@ def read_image(path: PathLike) -> Tensor:
         try:
             rgb = np.array(img.convert("RGB"))
         except (ValueError, OSError) as exc:
-            raise DataError(f"cannot convert image {path} (PIL mode {img.mode!r}) to RGB: {exc}") from exc
+            raise DataError(f"cannot convert {name} (PIL mode {img.mode!r}) to RGB: {exc}") from exc
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
 
 

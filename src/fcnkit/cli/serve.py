@@ -1,0 +1,57 @@
+"""``fcnkit serve``: a model behind a local web server (a page to try it, a PNG / JSON API)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..apps.serve import ServeLimits, Service, serve
+from ..inference import Predictor
+from .args import add_device_arg, add_inference_args, inference_from_args
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    limits = ServeLimits(
+        max_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+        concurrency=args.concurrency,
+        queue=args.queue,
+    )
+    predictor = Predictor(
+        args.model,
+        device=args.device,
+        tile=args.tile or None,
+        inference=inference_from_args(args),
+        optimize=not args.no_optimize,
+        backend=args.backend,
+    )
+    serve(Service(predictor, limits), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model on a web page and an HTTP API (fcnkit[serve]: FastAPI + uvicorn)",
+        description="Open http://HOST:PORT/ in a browser to segment your own images; POST /api/predict "
+        "(multipart field 'image') answers the label PNG, ?format=json the classes, pixel counts and timing.",
+    )
+    p.add_argument("model", help="an fcnkit checkpoint, or '<model>.<weights tag>' such as fcn_resnet50_d8.coco_voc")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=1024,
+        help="segment images larger than this in overlapping tiles of this size, as fcnkit predict --tile "
+        "(default 1024; 0 = always whole)",
+    )
+    p.add_argument("--concurrency", type=int, default=2, help="images segmented at once (default 2)")
+    p.add_argument("--queue", type=int, default=64, help="requests that may wait beyond those; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=32, help="largest upload accepted (default 32 MB)")
+    p.add_argument(
+        "--max-megapixels", type=float, default=40, help="largest image accepted, checked before decoding (default 40)"
+    )
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    add_inference_args(p)
+    add_device_arg(p)
+    p.set_defaults(func=cmd_serve)
