@@ -45,7 +45,7 @@ def _agreement(a: torch.nn.Module, b: torch.nn.Module, dataset, limit: int | Non
     same = total = 0
     with torch.inference_mode():
         for i in range(len(dataset) if limit is None else min(limit, len(dataset))):
-            x = dataset[i]["image"].unsqueeze(0)
+            x = a.preprocessing(dataset[i]["image"].unsqueeze(0))  # the dataset gives uint8 pixels
             pa, pb = a(x)["out"].argmax(1), b(x)["out"].argmax(1)
             same, total = same + int((pa == pb).sum()), total + pa.numel()
     return same / total
@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate(model, dataset, "cpu")
             agree = 1.0 if name == "fp32 eager" else _agreement(eager, model, dataset)
             results[name] = (metrics.miou * 100, agree)
-        images = [dataset[i]["image"].unsqueeze(0) for i in range(min(args.time_images, len(dataset)))]
+        images = [
+            eager.preprocessing(dataset[i]["image"].unsqueeze(0)) for i in range(min(args.time_images, len(dataset)))
+        ]
         ms: dict[str, list[float]] = {name: [] for name in models}
         with torch.inference_mode():
             for model in models.values():

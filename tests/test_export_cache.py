@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -202,6 +203,7 @@ def test_second_predict_of_a_checkpoint_does_not_export_again(tmp_path, monkeypa
     second = capsys.readouterr().err
     assert "model: onnxruntime" in first and "exported in" in first
     assert "cached export found in" in second
+    assert f"{os.environ['FCNKIT_CACHE']}/onnx/" in second  # the documented place
     a = np.asarray(Image.open(tmp_path / "a" / "frame.png"))
     b = np.asarray(Image.open(tmp_path / "b" / "frame.png"))
     assert np.array_equal(a, b)

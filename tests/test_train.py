@@ -34,7 +34,7 @@ RECIPES = sorted((REPO / "configs").rglob("*.yaml"))
 def tiny_overrides(root: Path, out: Path, *extra: str) -> list[str]:
     return [
         "model.name=fcn8s_timm",
-        "model.options={backbone: resnet18, upsample: bilinear}",
+        "model.options={backbone: regnetx_002, upsample: bilinear}",
         "data.name=folder",
         f"data.root={root}",
         "data.crop_size=[32, 32]",
@@ -252,7 +252,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(folder_data, tmp_path):
-    common = ["model.name=fcn8s_timm", "model.options={backbone: resnet18, upsample: bilinear}", "data.name=folder",
+    common = ["model.name=fcn8s_timm", "model.options={backbone: regnetx_002, upsample: bilinear}", "data.name=folder",
               f"data.root={folder_data}", "data.crop_size=[32, 32]", "data.batch_size=2", "data.workers=0",
               "optim.name=sgd", "optim.lr=0.01", "schedule.name=poly", "schedule.epochs=3", "ema_decay=0.9",
               "deterministic=true", "checkpoint_every=1", "eval_every=0", "seed=5"]  # fmt: skip

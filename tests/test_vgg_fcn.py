@@ -39,7 +39,7 @@ def test_parameter_counts(vgg_models, name, count):
     assert sum(p.numel() for p in vgg_models[name].parameters()) == count
 
 
-@pytest.mark.parametrize("size", [(1, 1), (1, 7), (17, 31), (32, 32), (33, 65), (64, 48), (375, 500)])
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (17, 31), (32, 32), (33, 65), (64, 48), (97, 131)])
 @torch.no_grad()
 @pytest.mark.slow
 def test_output_is_exactly_input_size(vgg_models, size):
@@ -55,7 +55,7 @@ def test_output_is_exactly_input_size(vgg_models, size):
 def test_logits_equal_torchfcn_layout(vgg_models, name):
     """A torchfcn-layout state dict (incl. the `model_state_dict` checkpoint form) gives the same logits."""
     ref = randomize_(TorchfcnFCN(21, VGG_FCNS[name]), seed=2).eval()
-    ours = fcnkit.create_model(name, num_classes=21)
+    ours = vgg_models[name]  # its random weights are replaced entirely here; the tests above only use shapes
     result = ours.load_state_dict(fcnkit.models.zoo.to_fcnkit_layout(ref.state_dict()), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     ours.eval()

@@ -41,7 +41,8 @@ CACHE_FORMAT = 1
 
 
 def onnx_cache_dir() -> Path:
-    return cache_dir() / "onnx"
+    """``$FCNKIT_CACHE/onnx`` (default ``~/.cache/fcnkit/onnx``), beside the downloaded weights' ``weights/``."""
+    return cache_dir().parent / "onnx"
 
 
 def weights_digest(model: nn.Module) -> str:

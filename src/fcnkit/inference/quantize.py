@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import tempfile
 import time
@@ -36,6 +37,8 @@ from ..export import OnnxRuntimeModel, export_onnx, require_onnx
 from ..utils import compare_logits
 from .files import expand_inputs
 from .optimize import fold_batchnorm
+
+log = logging.getLogger("fcnkit.quantize")
 
 __all__ = ["CALIBRATION_METHODS", "QuantizeReport", "quantize_onnx"]
 
@@ -142,7 +145,14 @@ def quantize_onnx(
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         work, _ = fold_batchnorm(copy.deepcopy(model).eval())  # in place: on a copy
         export_onnx(work, fp32, verify=False)
-        quant_pre_process(os.fspath(fp32), os.fspath(prepared), skip_symbolic_shape=False)
+        try:
+            quant_pre_process(os.fspath(fp32), os.fspath(prepared), skip_symbolic_shape=False)
+        except Exception as exc:  # ORT raises a bare Exception
+            # ORT's symbolic shape inference gives up on some graphs with symbolic H / W (the timm FCN-8s's
+            # crop arithmetic, "Incomplete symbolic shape inference"); ONNX's own shape inference, which the
+            # quantizer needs, still works there.
+            log.info(f"symbolic shape inference failed ({exc}); using ONNX shape inference only")
+            quant_pre_process(os.fspath(fp32), os.fspath(prepared), skip_symbolic_shape=True)
         reader = _Reader("input", arrays)
         calibrate = {
             "minmax": CalibrationMethod.MinMax,
