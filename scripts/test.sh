@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: set up .venv if needed, then ruff (lint + format check), the import-layer contract
-# (import-linter) and the test suite: everything by default (about 7 minutes on 2 CPU cores), or with
+# (import-linter) and the test suite: everything by default (about 9 minutes on 2 CPU cores), or with
 # --fast the tests not marked slow (about 1.5 minutes, for development). Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
