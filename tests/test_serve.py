@@ -4,6 +4,7 @@ which CI sets)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -143,7 +144,7 @@ def test_json_answer_counts_each_class(served):
     r = _post(client, _png(photo), format="json", include="label")
     assert r.status_code == 200
     body = r.json()
-    label = np.asarray(Image.open(io.BytesIO(__import__("base64").b64decode(body["label_png"]))))
+    label = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["label_png"]))))
     assert (body["width"], body["height"]) == (70, 50) and label.shape == (50, 70)
     assert body["counts"] == np.bincount(label.ravel(), minlength=3).tolist()
     assert sum(body["counts"]) == 50 * 70 and abs(sum(body["shares"]) - 1) < 1e-9
