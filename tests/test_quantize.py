@@ -57,13 +57,20 @@ def quantized(tmp_path_factory):
     def failing_once(*args, **kwargs):
         calls.append(kwargs.get("skip_symbolic_shape"))
         if len(calls) == 1:
+            # what ORT does before it raises (onnxruntime/tools/symbolic_shape_infer.py): the partial result goes
+            # to the current directory, as sym_shape_infer_temp.onnx and a file of its weights
+            onnx.save_model(onnx.load(args[0]), "sym_shape_infer_temp.onnx", save_as_external_data=True)
             raise Exception("Incomplete symbolic shape inference")
         return real(*args, **kwargs)
 
+    cwd = tmp / "cwd"
+    cwd.mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(shape_inference, "quant_pre_process", failing_once)
+        mp.chdir(cwd)
         report = quantize_onnx(model, calib, tmp / "model.int8.onnx")
     assert calls == [False, True]
+    assert list(cwd.iterdir()) == []  # nothing left in the user's directory
     return model, report, calib, tmp
 
 

@@ -16,6 +16,7 @@ On AVX2 CPUs without VNNI, ONNX Runtime's u8s8 kernels can saturate (a pair of p
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -145,14 +146,17 @@ def quantize_onnx(
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
         work, _ = fold_batchnorm(copy.deepcopy(model).eval())  # in place: on a copy
         export_onnx(work, fp32, verify=False)
-        try:
-            quant_pre_process(os.fspath(fp32), os.fspath(prepared), skip_symbolic_shape=False)
-        except Exception as exc:  # ORT raises a bare Exception
-            # ORT's symbolic shape inference gives up on some graphs with symbolic H / W (the timm FCN-8s's
-            # crop arithmetic, "Incomplete symbolic shape inference"); ONNX's own shape inference, which the
-            # quantizer needs, still works there.
-            log.info(f"symbolic shape inference failed ({exc}); using ONNX shape inference only")
-            quant_pre_process(os.fspath(fp32), os.fspath(prepared), skip_symbolic_shape=True)
+        # in the temporary folder: when ORT's symbolic shape inference gives up it saves what it inferred as
+        # sym_shape_infer_temp.onnx plus a weights file into the current directory, which would be the user's
+        with contextlib.chdir(tmp):
+            try:
+                quant_pre_process(os.fspath(fp32), os.fspath(prepared), skip_symbolic_shape=False)
+            except Exception as exc:  # ORT raises a bare Exception
+                # ORT's symbolic shape inference gives up on some graphs with symbolic H / W (the timm FCN-8s's
+                # crop arithmetic, "Incomplete symbolic shape inference"); ONNX's own shape inference, which the
+                # quantizer needs, still works there.
+                log.info(f"symbolic shape inference failed ({exc}); using ONNX shape inference only")
+                quant_pre_process(os.fspath(fp32), os.fspath(prepared), skip_symbolic_shape=True)
         reader = _Reader("input", arrays)
         calibrate = {
             "minmax": CalibrationMethod.MinMax,
