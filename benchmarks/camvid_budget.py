@@ -334,7 +334,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 #: the test-time inference of ``--tta``: name -> InferenceConfig fields
-TTA = {"flip": {"flip": True}, "flip_ms": {"flip": True, "scales": [0.75, 1.0, 1.25]}}
+TTA = {
+    "flip": {"flip": True},
+    "flip_ms": {"flip": True, "scales": [0.75, 1.0, 1.25]},
+    # the training crops are drawn at scales 0.75-1.5: these reach its upper end too (ten and six passes)
+    "flip_ms5": {"flip": True, "scales": [0.5, 0.75, 1.0, 1.25, 1.5]},
+    "flip_ms_up": {"flip": True, "scales": [1.0, 1.25, 1.5]},
+}
 
 
 def tta_row(args: argparse.Namespace, recipe_row: dict, name: str, run_dir: Path) -> dict:
@@ -399,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[],
         choices=sorted(TTA),
-        help="also evaluate the fcnkit runs with test-time inference (flip; flip + scales 0.75 / 1 / 1.25)",
+        help="also evaluate the fcnkit runs with test-time inference (flip; flip + scales 0.75 / 1 / 1.25; flip + "
+        "0.5 / 0.75 / 1 / 1.25 / 1.5; flip + 1 / 1.25 / 1.5)",
     )
     parser.add_argument("--eval-every", type=float, default=5.0, help="minutes between the peer's evaluations")
     parser.add_argument("--workers", type=int, default=2, help="the peer's data-loading processes")
