@@ -97,7 +97,7 @@ def test_int8_runs_like_any_model_and_its_agreement_is_what_it_says(quantized):
     assert predictor.classes == ["road", "car", "sky"]
     agree = total = 0
     for path in sorted(calib.glob("im*.png")):
-        image = np.asarray(Image.open(path).convert("RGB"))
+        image = np.array(Image.open(path).convert("RGB"))  # writable: torch.from_numpy warns otherwise
         with torch.no_grad():
             x = model.preprocessing(torch.from_numpy(image).permute(2, 0, 1).float().unsqueeze(0))
             expected = model(x)["out"].argmax(1)[0]
