@@ -405,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[],
         choices=sorted(TTA),
-        help="also evaluate the fcnkit runs with test-time inference (flip; flip + scales 0.75 / 1 / 1.25; flip + "
-        "0.5 / 0.75 / 1 / 1.25 / 1.5; flip + 1 / 1.25 / 1.5)",
+        help="also evaluate the fcnkit runs with test-time inference: "
+        + "; ".join(f"{name} = {', '.join(f'{k} {v}' for k, v in cfg.items())}" for name, cfg in TTA.items()),
     )
     parser.add_argument("--eval-every", type=float, default=5.0, help="minutes between the peer's evaluations")
     parser.add_argument("--workers", type=int, default=2, help="the peer's data-loading processes")
