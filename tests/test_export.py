@@ -224,3 +224,21 @@ def test_cli_bare_model_name_gets_random_weights(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert seen["model"].num_classes == 3 and "random weights" in printed and "report" in printed
     assert (seen["dynamic"], seen["verify"], seen["opset"], seen["batch"]) == (False, False, 18, 2)
+
+
+def test_image_standardisation_exports_as_instance_normalization(tmp_path):
+    """``input_norm="image"`` becomes one InstanceNormalization node; ONNX Runtime then gives the same logits,
+    for an image and for a darker copy of it, as PyTorch does at a size other than the traced one."""
+    model = randomize_(
+        fcnkit.create_model("fcn8s_timm", backbone="regnetx_002", num_classes=3, input_norm="image"), seed=4
+    ).eval()
+    path = tmp_path / "standardised.onnx"
+    export_onnx(model, path, sample_size=(48, 64), verify=False)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("InstanceNormalization") == 1
+    x = torch.randn(1, 3, 40, 72, generator=torch.Generator().manual_seed(5))
+    for image in (x, 0.5 * x - 1.0):
+        with torch.no_grad():
+            expected = model(image)["out"]
+        got = torch.from_numpy(_raw_run(path, image))
+        assert expected.abs().max() > 0.05 and (got - expected).abs().max() <= _tolerance(expected)

@@ -93,3 +93,39 @@ def test_full_mixing_starts_as_the_sum_and_can_weigh_each_path():
         torch.testing.assert_close(mixed(x)["out"], summed(x)["out"], rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="FCN-32s has one path"):
         fcnkit.create_model("fcn32s_timm", num_classes=4, backbone="resnet18", fuse="mix")
+
+
+@torch.no_grad()
+def test_image_standardisation_is_the_per_image_per_channel_z_score():
+    model = fcnkit.create_model("fcn8s_timm", backbone="regnetx_002", num_classes=3, input_norm="image").eval()
+    x = torch.randn(2, 3, 20, 30) * torch.tensor([2.0, 0.5, 1.0]).view(1, 3, 1, 1) + 3.0
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=(2, 3), keepdim=True)  # the population variance, as a normalisation uses
+    assert torch.allclose(model.input_norm(x), (x - mean) / torch.sqrt(var + 1e-5), atol=1e-5)
+
+
+@torch.no_grad()
+def test_image_standardisation_makes_the_logits_blind_to_brightness_and_contrast():
+    """A darker, lower-contrast copy of an image (each channel scaled by a > 0 and shifted, as a dusk frame is
+    against a daylight one) gets the same logits with ``input_norm="image"``, and different ones without it."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 64, 96)
+    dark = x * torch.tensor([0.4, 0.5, 0.3]).view(1, 3, 1, 1) - torch.tensor([1.2, 1.0, 1.5]).view(1, 3, 1, 1)
+    for input_norm, same in ((None, False), ("image", True)):
+        torch.manual_seed(1)
+        model = fcnkit.create_model("fcn8s_timm", backbone="regnetx_002", num_classes=4, input_norm=input_norm)
+        model.eval()
+        for p in model.classifier.parameters():  # the score layers start at zero: give the logits a signal
+            torch.nn.init.normal_(p, std=0.1)
+        a, b = model(x)["out"], model(dark)["out"]
+        assert a.abs().max() > 0.1
+        assert torch.allclose(a, b, atol=2e-3 * a.abs().max()) is same
+
+
+def test_image_standardisation_adds_no_state_dict_key_and_checks_its_name():
+    plain = fcnkit.create_model("fcn8s_timm", backbone="regnetx_002", num_classes=3)
+    standardised = fcnkit.create_model("fcn8s_timm", backbone="regnetx_002", num_classes=3, input_norm="image")
+    assert standardised.state_dict().keys() == plain.state_dict().keys()
+    assert plain.input_norm is None
+    with pytest.raises(ConfigError, match=r"input_norm must be one of \[None, 'image'\], got 'instance'"):
+        fcnkit.create_model("fcn8s_timm", backbone="regnetx_002", input_norm="instance")

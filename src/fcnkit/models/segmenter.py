@@ -1,7 +1,11 @@
 """The one forward contract shared by every fcnkit model.
 
-backbone -> optional neck -> head(s) -> a single resize to the input size.
+optional input standardisation -> backbone -> optional neck -> head(s) -> a single resize to the input size.
 
+* An input standardisation (optional, ``input_norm``) maps the preprocessed images to images of zero mean and
+  unit variance per image and channel (``nn.InstanceNorm2d`` without parameters): a brighter, darker or
+  lower-contrast copy of an image then gives the same features, a lighting invariance the dataset-wide
+  preprocessing cannot give. It has no weights, so it adds no state-dict key.
 * A backbone maps ``(B, 3, H, W)`` to ``dict[str, Tensor]`` and declares ``feature_info``: one
   ``FeatureInfo(name, channels, stride)`` per tap, so heads size themselves without probing.
 * A neck (optional, e.g. FastFCN's JPU) maps the feature dict to a dict of its own outputs (``{"jpu": ...}``),
@@ -23,6 +27,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..preprocessing import IMAGENET, Preprocessing
 
 
@@ -50,6 +55,19 @@ class Backbone(nn.Module):
         raise KeyError(f"backbone has no tap {name!r}; taps: {[i.name for i in self.feature_info]}")
 
 
+#: ``input_norm`` values of the model builders that take one: None, or "image" (see :func:`image_standardisation`)
+INPUT_NORMS = (None, "image")
+
+
+def image_standardisation(kind: str | None) -> nn.Module | None:
+    """The input standardisation a builder's ``input_norm`` names: None (none), or ``"image"``: each image's
+    channels shifted and scaled to mean 0 and variance 1 over its pixels, in training and inference alike."""
+    if kind not in INPUT_NORMS:
+        raise ConfigError(f"input_norm must be one of {list(INPUT_NORMS)}, got {kind!r}")
+    # affine=False, track_running_stats=False: no parameters, no buffers, the image's own statistics always
+    return None if kind is None else nn.InstanceNorm2d(3, affine=False, track_running_stats=False)
+
+
 class Segmenter(nn.Module):
     """Backbone + optional ``neck`` + main head (``classifier``) + optional ``aux_classifier``, resized.
 
@@ -66,8 +84,11 @@ class Segmenter(nn.Module):
         num_classes: int | None = None,
         align_corners: bool = False,
         neck: nn.Module | None = None,
+        input_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        # Registered only when given (like ``neck``): models without it keep their exact module tree.
+        self.input_norm = input_norm
         self.backbone = backbone
         # A None attribute is not a submodule: no "neck." keys, no entry in named_modules().
         self.neck = neck
@@ -89,6 +110,8 @@ class Segmenter(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: preprocessed images ``(B, 3, H, W)`` -> ``{"out": (B, C, H, W)[, "aux": ...][, "se": (B, C)]}``."""
         size = (x.shape[-2], x.shape[-1])
+        if self.input_norm is not None:
+            x = self.input_norm(x)
         features = self.backbone(x)
         if self.neck is not None:
             features = {**features, **self.neck(features)}

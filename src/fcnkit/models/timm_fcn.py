@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import CheckpointError, ConfigError
 from .backbones.timm import TimmBackbone
 from .heads.fcn import FCNHead, SkipFCNHead
-from .segmenter import Segmenter
+from .segmenter import Segmenter, image_standardisation
 from .weights import resolve
 from .zoo import register_variant, set_metadata
 
@@ -26,6 +26,7 @@ def timm_fcn(
     fuse: str = "sum",
     backbone_weights: str | os.PathLike[str] | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
+    input_norm: str | None = None,
 ) -> Segmenter:
     """A timm backbone with an FCN-32s/16s/8s skip head (``head="fcn8s"`` ...) or an FCNHead (``"fcn"``).
 
@@ -34,8 +35,10 @@ def timm_fcn(
     where timm supports it. ``aux`` (FCNHead only) adds an FCNHead on the second-to-last tap. ``fuse="mix"``
     (skip heads with skips) mixes the upsampling paths with a learned 1x1 convolution instead of summing them.
     ``backbone_weights``: a file with the timm model's state dict (its classifier keys are ignored);
-    timm's hub weights are never downloaded at build time.
+    timm's hub weights are never downloaded at build time. ``input_norm="image"`` standardises each input
+    image per channel before the backbone (see :func:`~fcnkit.models.segmenter.image_standardisation`).
     """
+    standardise = image_standardisation(input_norm)
     if head not in TIMM_HEADS:
         raise ConfigError(f"head must be one of {sorted(TIMM_HEADS)}, got {head!r}")
     body = TimmBackbone(backbone, output_stride=output_stride, **(backbone_kwargs or {}))
@@ -62,7 +65,7 @@ def timm_fcn(
             fuse=fuse,
         )
         aux_classifier = None
-    model = Segmenter(body, classifier, aux_classifier, num_classes=num_classes)
+    model = Segmenter(body, classifier, aux_classifier, num_classes=num_classes, input_norm=standardise)
     if backbone_weights is not None:
         resolved = resolve(backbone_weights, owner=body.timm_name, backbone=True)
         result = body.body.load_state_dict(resolved.state_dict, strict=False)
