@@ -61,7 +61,11 @@ INPUT_NORMS = (None, "image")
 
 def image_standardisation(kind: str | None) -> nn.Module | None:
     """The input standardisation a builder's ``input_norm`` names: None (none), or ``"image"``: each image's
-    channels shifted and scaled to mean 0 and variance 1 over its pixels, in training and inference alike."""
+    channels shifted and scaled to mean 0 and variance 1 over its pixels, in training and inference alike.
+
+    The statistics are those of the tensor the model is given: padding (training crops past an image's border,
+    a padded evaluation batch of mixed sizes) and sliding-window tiles each shift them, so evaluate images of
+    mixed sizes with batch 1 and prefer whole-image to tiled inference with this option."""
     if kind not in INPUT_NORMS:
         raise ConfigError(f"input_norm must be one of {list(INPUT_NORMS)}, got {kind!r}")
     # affine=False, track_running_stats=False: no parameters, no buffers, the image's own statistics always
