@@ -102,6 +102,7 @@ def _record(
         "pixel_acc": val["pixel_acc"] * 100,
         "iou": {c: float(v) * 100 for c, v in zip(classes, val["iou"], strict=True)},
         "curve": curve,
+        "cpu": cpu_model(),
     }
 
 
@@ -229,6 +230,60 @@ def print_table(rows: list[dict]) -> None:
             f"{kind} on {where}: mean mIoU over {len(same)} seed(s) {mean:.2f}{spread}; "
             f"mean IoU of {', '.join(SMALL)}: {small:.2f}"
         )
+
+
+def cpu_model() -> str:
+    """The CPU's name and, on x86 Linux, its family / model numbers (machines of one name differ in speed)."""
+    name, numbers = platform.processor() or platform.machine(), {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key in ("model name", "cpu family", "model") and key not in numbers:
+                numbers[key] = value
+    except OSError:
+        pass
+    name = numbers.get("model name", name)
+    if "cpu family" in numbers and "model" in numbers:
+        name += f" (family {numbers['cpu family']}, model {numbers['model']})"
+    return name
+
+
+def report(rows: list[dict], baseline: str | None = None) -> list[str]:
+    """One line per (run, fold) of a results file: each seed's mIoU, the mean over seeds and their spread (max -
+    min), the steps and images/s of the runs, and the mean's difference from ``baseline``'s on the same fold (a run
+    name, e.g. the recipe as filed). A seed measured again (a row with a ``repeat`` field) is shown as ``0r`` and
+    counts once: its runs are averaged before the mean over seeds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["run"], r.get("fold", "val")), []).append(r)
+
+    def per_seed(same: list[dict]) -> list[float]:
+        seeds: dict[int, list[float]] = {}
+        for r in same:
+            seeds.setdefault(r["seed"], []).append(r["miou"])
+        return [sum(v) / len(v) for v in seeds.values()]
+
+    means = {key: sum(per_seed(same)) / len(per_seed(same)) for key, same in groups.items()}
+    w = max(len("run"), *(len(run) for run, _ in groups)) + 1
+    lines = [
+        f"{'run':<{w}}{'fold':>7} {'seeds':>5}  {'mIoU (seed: value)':<32}{'mean':>6}{'spread':>7}  "
+        f"{'steps':>11}  {'img/s':>11}  vs baseline"
+    ]
+    for (run, fold), same in groups.items():
+        same = sorted(same, key=lambda r: (r["seed"], bool(r.get("repeat"))))
+        values = ", ".join(f"{r['seed']}{'r' * bool(r.get('repeat'))}: {r['miou']:.2f}" for r in same)
+        seeds = per_seed(same)
+        spread = f"{max(seeds) - min(seeds):.2f}" if len(seeds) > 1 else "-"
+        steps = sorted(r["steps"] for r in same)
+        ips = sorted(r["images_per_s"] for r in same)
+        vs = ""
+        if baseline is not None and (baseline, fold) in means and run != baseline:
+            vs = f"{means[(run, fold)] - means[(baseline, fold)]:+.2f}"
+        lines.append(
+            f"{run:<{w}}{fold:>7} {len(seeds):>5}  {values:<32}{means[(run, fold)]:>6.2f}{spread:>7}  "
+            f"{f'{steps[0]}-{steps[-1]}':>11}  {f'{ips[0]:.1f}-{ips[-1]:.1f}':>11}  {vs}"
+        )
+    return lines
 
 
 def small_classes_mean(row: dict) -> float:
@@ -379,7 +434,15 @@ def tta_row(args: argparse.Namespace, recipe_row: dict, name: str, run_dir: Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="the CamVid folder (train/, trainannot/, val/, valannot/)")
+    parser.add_argument("--data", help="the CamVid folder (train/, trainannot/, val/, valannot/)")
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="train nothing: summarise these results files (summary.json or benchmarks/results_camvid_*.json) per "
+        "run and fold, against --baseline when it is one of their runs",
+    )
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--runs", nargs="+", default=["fcnkit", "peer"], choices=["fcnkit", "peer"])
@@ -417,6 +480,13 @@ def main(argv: list[str] | None = None) -> int:
         help="retrain fcnkit runs from scratch (default: resume an interrupted run in --out, or reuse a finished one)",
     )
     args = parser.parse_args(argv)
+    if args.report:
+        rows = [row for path in args.report for row in json.loads(path.read_text())]
+        for line in report(rows, args.baseline):
+            print(line)
+        return 0
+    if args.data is None:
+        parser.error("--data is required (unless --report)")
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "summary.json"
     rows = json.loads(summary_path.read_text()) if summary_path.exists() else []

@@ -198,3 +198,33 @@ def test_changes_on_top_of_another_run_are_compared_with_it(capsys):
         "gain beyond the recipe's seed spread (4.00)"
     )
     assert len(summary) == 3 and summary[2].startswith("fcnkit jitter on val: mean delta +1.00 over 1 seed(s)")
+
+
+def test_report_averages_a_repeated_seed_before_the_mean_over_seeds(tmp_path, capsys):
+    """--report: per run and fold, the seeds' values, their mean (a repeated seed counted once) and spread, and the
+    difference from the baseline's mean on the same fold; nothing is trained."""
+    script = _script()
+
+    def row(run, seed, miou, fold="0006R0", steps=100, ips=10.0, **extra):
+        return {**_row(run, seed, miou, 10.0, ips=ips), "fold": fold, "steps": steps, **extra}
+
+    old = [row("fcnkit (as filed)", 0, 34.0, steps=3000, ips=13.0), row("fcnkit (as filed)", 1, 37.0, ips=14.5)]
+    new = [
+        row("fcnkit new", 0, 41.0, steps=3400),
+        row("fcnkit new", 0, 42.0, steps=3100, repeat="again on another machine"),
+        row("fcnkit new", 1, 44.0, steps=3300, ips=12.5),
+        row("fcnkit new", 0, 40.0, fold="0001TP"),  # no baseline on this fold: no difference
+    ]
+    paths = [tmp_path / "old.json", tmp_path / "new.json"]
+    for path, rows in zip(paths, (old, new), strict=True):
+        path.write_text(json.dumps(rows))
+    assert script.main(["--report", *map(str, paths), "--baseline", "fcnkit (as filed)"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].split()[:4] == ["run", "fold", "seeds", "mIoU"]
+    # as filed: (34 + 37) / 2 = 35.50, spread 3.00
+    assert " ".join(lines[1].split()[4:]) == "2 0: 34.00, 1: 37.00 35.50 3.00 100-3000 10.0-14.5"
+    # seed 0 = (41 + 42) / 2 = 41.5, seed 1 = 44: mean 42.75, spread 2.50, +7.25 over 35.50
+    assert " ".join(lines[2].split()[2:]) == "0006R0 2 0: 41.00, 0r: 42.00, 1: 44.00 42.75 2.50 3100-3400 10.0-12.5 +7.25"
+    assert " ".join(lines[3].split()[2:]) == "0001TP 1 0: 40.00 40.00 - 100-100 10.0-10.0"
+    with pytest.raises(SystemExit):
+        script.main([])  # neither --data nor --report
