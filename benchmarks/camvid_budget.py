@@ -46,6 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fcnkit.apps.benchmark import device_name
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "configs" / "camvid" / "budget30_fcn8s_camvid.yaml"
 SMALL = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
@@ -102,7 +104,7 @@ def _record(
         "pixel_acc": val["pixel_acc"] * 100,
         "iou": {c: float(v) * 100 for c, v in zip(classes, val["iou"], strict=True)},
         "curve": curve,
-        "cpu": cpu_model(),
+        "cpu": device_name(torch.device("cpu")),
     }
 
 
@@ -232,22 +234,6 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
-def cpu_model() -> str:
-    """The CPU's name and, on x86 Linux, its family / model numbers (machines of one name differ in speed)."""
-    name, numbers = platform.processor() or platform.machine(), {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (part.strip() for part in line.partition(":"))
-            if key in ("model name", "cpu family", "model") and key not in numbers:
-                numbers[key] = value
-    except OSError:
-        pass
-    name = numbers.get("model name", name)
-    if "cpu family" in numbers and "model" in numbers:
-        name += f" (family {numbers['cpu family']}, model {numbers['model']})"
-    return name
-
-
 def report(rows: list[dict], baseline: str | None = None) -> list[str]:
     """One line per (run, fold) of a results file: each seed's mIoU, the mean over seeds and their spread (max -
     min), the steps and images/s of the runs, and the mean's difference from ``baseline``'s on the same fold (a run
@@ -257,13 +243,13 @@ def report(rows: list[dict], baseline: str | None = None) -> list[str]:
     for r in rows:
         groups.setdefault((r["run"], r.get("fold", "val")), []).append(r)
 
-    def per_seed(same: list[dict]) -> list[float]:
-        seeds: dict[int, list[float]] = {}
+    seed_means: dict[tuple[str, str], list[float]] = {}
+    for key, same in groups.items():
+        by_seed: dict[int, list[float]] = {}
         for r in same:
-            seeds.setdefault(r["seed"], []).append(r["miou"])
-        return [sum(v) / len(v) for v in seeds.values()]
-
-    means = {key: sum(per_seed(same)) / len(per_seed(same)) for key, same in groups.items()}
+            by_seed.setdefault(r["seed"], []).append(r["miou"])
+        seed_means[key] = [sum(v) / len(v) for v in by_seed.values()]
+    means = {key: sum(v) / len(v) for key, v in seed_means.items()}
     w = max(len("run"), *(len(run) for run, _ in groups)) + 1
     lines = [
         f"{'run':<{w}}{'fold':>7} {'seeds':>5}  {'mIoU (seed: value)':<32}{'mean':>6}{'spread':>7}  "
@@ -272,7 +258,7 @@ def report(rows: list[dict], baseline: str | None = None) -> list[str]:
     for (run, fold), same in groups.items():
         same = sorted(same, key=lambda r: (r["seed"], bool(r.get("repeat"))))
         values = ", ".join(f"{r['seed']}{'r' * bool(r.get('repeat'))}: {r['miou']:.2f}" for r in same)
-        seeds = per_seed(same)
+        seeds = seed_means[(run, fold)]
         spread = f"{max(seeds) - min(seeds):.2f}" if len(seeds) > 1 else "-"
         steps = sorted(r["steps"] for r in same)
         ips = sorted(r["images_per_s"] for r in same)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import fcnkit
-from fcnkit.apps.benchmark import BenchResult, benchmark, write_csv, write_json
+from fcnkit.apps.benchmark import BenchResult, benchmark, device_name, write_csv, write_json
 from fcnkit.cli.benchmark import add_parsers as add_benchmark_parser
 
 
@@ -164,3 +164,17 @@ def test_cli_fast_uses_optimize_for_inference_with_the_backend_asked(monkeypatch
     assert (
         "prepared by fcnkit.inference.optimize.optimize_for_inference(backend='onnxruntime')" in capsys.readouterr().out
     )
+
+
+def test_cpu_name_carries_the_family_and_model_numbers(tmp_path, monkeypatch):
+    """Machines of one name differ: the CPU's name gets /proc/cpuinfo's family and model (the first core's)."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu avx512_bf16\n\n"
+        "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 207\nmodel name\t: other\n"
+    )
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k))
+    assert device_name(torch.device("cpu")) == "AMD EPYC 9B14 (family 25, model 17)"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some ARM core\n")  # no family / model: the name alone
+    assert device_name(torch.device("cpu")) == "Some ARM core"

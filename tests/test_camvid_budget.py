@@ -224,7 +224,9 @@ def test_report_averages_a_repeated_seed_before_the_mean_over_seeds(tmp_path, ca
     # as filed: (34 + 37) / 2 = 35.50, spread 3.00
     assert " ".join(lines[1].split()[4:]) == "2 0: 34.00, 1: 37.00 35.50 3.00 100-3000 13.0-14.5"
     # seed 0 = (41 + 42) / 2 = 41.5, seed 1 = 44: mean 42.75, spread 2.50, +7.25 over 35.50
-    assert " ".join(lines[2].split()[2:]) == "0006R0 2 0: 41.00, 0r: 42.00, 1: 44.00 42.75 2.50 3100-3400 10.0-12.5 +7.25"
+    assert (
+        " ".join(lines[2].split()[2:]) == "0006R0 2 0: 41.00, 0r: 42.00, 1: 44.00 42.75 2.50 3100-3400 10.0-12.5 +7.25"
+    )
     assert " ".join(lines[3].split()[2:]) == "0001TP 1 0: 40.00 40.00 - 100-100 10.0-10.0"
     with pytest.raises(SystemExit):
         script.main([])  # neither --data nor --report

@@ -359,14 +359,23 @@ def num_threads(threads: int | None) -> Iterator[None]:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's with its x86 family and model numbers where ``/proc/cpuinfo`` gives them
+    (machines sold under one name, "AMD EPYC", differ in speed and in what they multiply in hardware)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+            for line in f:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key in ("model name", "cpu family", "model"):
+                    fields.setdefault(key, value)
     except OSError:
-        model = ""
-    return model or platform.processor() or platform.machine()
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def _protocol(
