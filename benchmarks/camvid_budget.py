@@ -217,20 +217,25 @@ def print_table(rows: list[dict]) -> None:
         + " ".join(f"{c:>9}" for c in short)
     )
     for r in rows:
+        seed = f"{r['seed']}{'r' * bool(r.get('repeat'))}"
         print(
-            f"{r['run']:<{w}}{r.get('fold', 'val'):>8}{r['seed']:>5}{r['train_minutes']:>6.1f}{r['steps']:>7}"
+            f"{r['run']:<{w}}{r.get('fold', 'val'):>8}{seed:>5}{r['train_minutes']:>6.1f}{r['steps']:>7}"
             f"{r['images_per_s']:>7.2f}{r['miou']:>7.2f}  " + " ".join(f"{r['iou'][c]:>9.2f}" for c in classes)
         )
     for kind, fold in dict.fromkeys((r["run"], r.get("fold", "val")) for r in rows):
         same = [r for r in rows if r["run"] == kind and r.get("fold", "val") == fold]
-        mious = [r["miou"] for r in same]
+        # a seed run again (``repeat``) counts once: its runs are averaged first, as report() does
+        by_seed: dict[int, list[dict]] = {}
+        for r in same:
+            by_seed.setdefault(r["seed"], []).append(r)
+        mious = [sum(r["miou"] for r in runs) / len(runs) for runs in by_seed.values()]
+        smalls = [sum(small_classes_mean(r) for r in runs) / len(runs) for runs in by_seed.values()]
         mean = sum(mious) / len(mious)
         spread = f", seeds {min(mious):.2f} .. {max(mious):.2f}" if len(mious) > 1 else ""
-        small = sum(small_classes_mean(r) for r in same) / len(same)
         where = "val (frames of a training drive)" if fold == "val" else f"held-out drive {fold}"
         print(
-            f"{kind} on {where}: mean mIoU over {len(same)} seed(s) {mean:.2f}{spread}; "
-            f"mean IoU of {', '.join(SMALL)}: {small:.2f}"
+            f"{kind} on {where}: mean mIoU over {len(mious)} seed(s) {mean:.2f}{spread}; "
+            f"mean IoU of {', '.join(SMALL)}: {sum(smalls) / len(smalls):.2f}"
         )
 
 
@@ -381,6 +386,10 @@ TTA = {
     # the training crops are drawn at scales 0.75-1.5: these reach its upper end too (ten and six passes)
     "flip_ms5": {"flip": True, "scales": [0.5, 0.75, 1.0, 1.25, 1.5]},
     "flip_ms_up": {"flip": True, "scales": [1.0, 1.25, 1.5]},
+    # one pass at 1.25: the crops' mean training scale is 1.125 (0.75-1.5), so objects look larger in training
+    # than in a frame at scale 1 (the train/test resolution discrepancy of FixRes, Touvron et al. 2019)
+    "s1.25": {"scales": [1.25]},
+    "flip_s1.25": {"flip": True, "scales": [1.25]},
 }
 
 

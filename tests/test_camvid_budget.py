@@ -230,3 +230,20 @@ def test_report_averages_a_repeated_seed_before_the_mean_over_seeds(tmp_path, ca
     assert " ".join(lines[3].split()[2:]) == "0001TP 1 0: 40.00 40.00 - 100-100 10.0-10.0"
     with pytest.raises(SystemExit):
         script.main([])  # neither --data nor --report
+
+
+def test_per_class_table_marks_a_repeated_seed_and_counts_it_once(capsys):
+    """The per-class table shows a repeat as ``0r``; its summary line averages the repeat with its seed first."""
+    script = _script()
+    rows = [
+        {**_row("fcnkit new", 0, 41.0, 10.0), "repeat": None},
+        {**_row("fcnkit new", 0, 42.0, 10.0), "repeat": "again"},
+        {**_row("fcnkit new", 1, 44.0, 10.0)},
+    ]
+    for r in rows:
+        r.update(fold="0006R0", steps=100, train_minutes=30.0)
+    script.print_table(rows)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[3] for line in lines[1:4]] == ["0", "0r", "1"]
+    # seeds (41 + 42) / 2 = 41.5 and 44: mean 42.75 over 2 seeds, not 42.33 over 3
+    assert "mean mIoU over 2 seed(s) 42.75, seeds 41.50 .. 44.00" in lines[4]
