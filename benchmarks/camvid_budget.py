@@ -39,6 +39,7 @@ import json
 import math
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -208,6 +209,19 @@ def run_peer(args: argparse.Namespace, seed: int, out: Path, fold: str = "val") 
     )
 
 
+def seed_label(row: dict) -> str:
+    """A row's seed as the tables show it: ``0``, or ``0r`` for a seed run again (a row with a ``repeat`` field)."""
+    return f"{row['seed']}{'r' * bool(row.get('repeat'))}"
+
+
+def seed_means(rows: list[dict], value: Callable[[dict], float] = lambda r: r["miou"]) -> list[float]:
+    """``value`` averaged per seed over ``rows`` (one run and fold): a seed run again counts once."""
+    by_seed: dict[int, list[float]] = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], []).append(value(r))
+    return [sum(v) / len(v) for v in by_seed.values()]
+
+
 def print_table(rows: list[dict]) -> None:
     classes = list(rows[0]["iou"])
     short = [c[:9] for c in classes]
@@ -217,19 +231,14 @@ def print_table(rows: list[dict]) -> None:
         + " ".join(f"{c:>9}" for c in short)
     )
     for r in rows:
-        seed = f"{r['seed']}{'r' * bool(r.get('repeat'))}"
         print(
-            f"{r['run']:<{w}}{r.get('fold', 'val'):>8}{seed:>5}{r['train_minutes']:>6.1f}{r['steps']:>7}"
+            f"{r['run']:<{w}}{r.get('fold', 'val'):>8}{seed_label(r):>5}{r['train_minutes']:>6.1f}{r['steps']:>7}"
             f"{r['images_per_s']:>7.2f}{r['miou']:>7.2f}  " + " ".join(f"{r['iou'][c]:>9.2f}" for c in classes)
         )
     for kind, fold in dict.fromkeys((r["run"], r.get("fold", "val")) for r in rows):
         same = [r for r in rows if r["run"] == kind and r.get("fold", "val") == fold]
-        # a seed run again (``repeat``) counts once: its runs are averaged first, as report() does
-        by_seed: dict[int, list[dict]] = {}
-        for r in same:
-            by_seed.setdefault(r["seed"], []).append(r)
-        mious = [sum(r["miou"] for r in runs) / len(runs) for runs in by_seed.values()]
-        smalls = [sum(small_classes_mean(r) for r in runs) / len(runs) for runs in by_seed.values()]
+        mious = seed_means(same)
+        smalls = seed_means(same, small_classes_mean)
         mean = sum(mious) / len(mious)
         spread = f", seeds {min(mious):.2f} .. {max(mious):.2f}" if len(mious) > 1 else ""
         where = "val (frames of a training drive)" if fold == "val" else f"held-out drive {fold}"
@@ -248,13 +257,8 @@ def report(rows: list[dict], baseline: str | None = None) -> list[str]:
     for r in rows:
         groups.setdefault((r["run"], r.get("fold", "val")), []).append(r)
 
-    seed_means: dict[tuple[str, str], list[float]] = {}
-    for key, same in groups.items():
-        by_seed: dict[int, list[float]] = {}
-        for r in same:
-            by_seed.setdefault(r["seed"], []).append(r["miou"])
-        seed_means[key] = [sum(v) / len(v) for v in by_seed.values()]
-    means = {key: sum(v) / len(v) for key, v in seed_means.items()}
+    per_seed = {key: seed_means(same) for key, same in groups.items()}
+    means = {key: sum(v) / len(v) for key, v in per_seed.items()}
     w = max(len("run"), *(len(run) for run, _ in groups)) + 1
     lines = [
         f"{'run':<{w}}{'fold':>7} {'seeds':>5}  {'mIoU (seed: value)':<32}{'mean':>6}{'spread':>7}  "
@@ -262,8 +266,8 @@ def report(rows: list[dict], baseline: str | None = None) -> list[str]:
     ]
     for (run, fold), same in groups.items():
         same = sorted(same, key=lambda r: (r["seed"], bool(r.get("repeat"))))
-        values = ", ".join(f"{r['seed']}{'r' * bool(r.get('repeat'))}: {r['miou']:.2f}" for r in same)
-        seeds = seed_means[(run, fold)]
+        values = ", ".join(f"{seed_label(r)}: {r['miou']:.2f}" for r in same)
+        seeds = per_seed[(run, fold)]
         spread = f"{max(seeds) - min(seeds):.2f}" if len(seeds) > 1 else "-"
         steps = sorted(r["steps"] for r in same)
         ips = sorted(r["images_per_s"] for r in same)
