@@ -390,6 +390,8 @@ TTA = {
     # the training crops are drawn at scales 0.75-1.5: these reach its upper end too (ten and six passes)
     "flip_ms5": {"flip": True, "scales": [0.5, 0.75, 1.0, 1.25, 1.5]},
     "flip_ms_up": {"flip": True, "scales": [1.0, 1.25, 1.5]},
+    # one scale further up: the small classes (poles, signs, pedestrians) are a few pixels wide at scale 1
+    "flip_ms_up4": {"flip": True, "scales": [1.0, 1.25, 1.5, 1.75]},
     # one pass at 1.25: the crops' mean training scale is 1.125 (0.75-1.5), so objects look larger in training
     # than in a frame at scale 1 (the train/test resolution discrepancy of FixRes, Touvron et al. 2019)
     "s1.25": {"scales": [1.25]},

@@ -49,14 +49,21 @@ def test_timm_backbone_weights_file(tmp_path):
 
 
 @pytest.mark.parametrize("upsample", ["bilinear", "deconv"])
+@pytest.mark.parametrize(
+    ("head_name", "scores"),
+    [
+        ("fcn8s", ("score_fr", "score_pool4", "score_pool3")),
+        ("fcn4s", ("score_fr", "score_pool4", "score_pool3", "score_pool2")),
+    ],
+)
 @torch.no_grad()
-def test_aligned_skip_fusion_reproduces_a_linear_ramp(upsample):
+def test_aligned_skip_fusion_reproduces_a_linear_ramp(upsample, head_name, scores):
     """With "same" padding, pixel j of a stride-s tap is centred on image column j*s + (s-1)/2. Feed every
     tap that centre coordinate and score it with a mean over channels: if each upsample-and-crop (offset f/2)
-    lines the coarse map up with the finer one, the three fused maps each contribute x, so the output is
-    exactly 3x away from the borders (bilinear interpolation reproduces a linear function). A wrong offset
-    shifts it by a multiple of the stride."""
-    model = fcnkit.create_model("fcn8s_timm", backbone="resnet18", num_classes=1, upsample=upsample).eval()
+    lines the coarse map up with the finer one, the fused maps (three for FCN-8s, four for FCN-4s) each
+    contribute x, so the output is exactly 3x (4x) away from the borders (bilinear interpolation reproduces a
+    linear function). A wrong offset shifts it by a multiple of the stride."""
+    model = fcnkit.create_model(f"{head_name}_timm", backbone="resnet18", num_classes=1, upsample=upsample).eval()
     h, w = 64, 96
     feats = {}
     for info in model.backbone.feature_info:
@@ -64,11 +71,13 @@ def test_aligned_skip_fusion_reproduces_a_linear_ramp(upsample):
         centres = torch.arange(w // s, dtype=torch.float32) * s + (s - 1) / 2
         feats[info.name] = centres.view(1, 1, 1, -1).expand(1, info.channels, h // s, w // s).contiguous()
     head = model.classifier
-    for layer in (head.score_fr, head.score_pool4, head.score_pool3):
+    assert [name for name, _ in head.named_children() if name.startswith("score")] == list(scores)
+    for name in scores:
+        layer = getattr(head, name)
         layer.weight.fill_(1.0 / layer.in_channels)
     out = head(feats, (h, w))[0, 0, h // 2]
     x = torch.arange(w, dtype=torch.float32)
-    assert torch.allclose(out[32:-32], 3 * x[32:-32], atol=1e-3)
+    assert torch.allclose(out[32:-32], len(scores) * x[32:-32], atol=1e-3)
 
 
 def test_full_mixing_starts_as_the_sum_and_can_weigh_each_path():

@@ -12,7 +12,7 @@ from .segmenter import Segmenter, image_standardisation
 from .weights import resolve
 from .zoo import register_variant, set_metadata
 
-TIMM_HEADS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2, "fcn": None}
+TIMM_HEADS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2, "fcn4s": 3, "fcn": None}
 
 
 def timm_fcn(
@@ -28,9 +28,9 @@ def timm_fcn(
     backbone_kwargs: dict[str, Any] | None = None,
     input_norm: str | None = None,
 ) -> Segmenter:
-    """A timm backbone with an FCN-32s/16s/8s skip head (``head="fcn8s"`` ...) or an FCNHead (``"fcn"``).
+    """A timm backbone with an FCN-32s/16s/8s/4s skip head (``head="fcn8s"`` ...) or an FCNHead (``"fcn"``).
 
-    The skip head scores the last one, two or three taps (coarse to fine) and fuses them as FCN-8s does,
+    The skip head scores the last one, two, three or four taps (coarse to fine) and fuses them as FCN-8s does,
     with crops derived from the strides timm reports. ``output_stride`` (8 or 16) dilates the backbone
     where timm supports it. ``aux`` (FCNHead only) adds an FCNHead on the second-to-last tap. ``fuse="mix"``
     (skip heads with skips) mixes the upsampling paths with a learned 1x1 convolution instead of summing them.

@@ -126,16 +126,21 @@ def crop_like(x: Tensor, offset: int, size: Sequence[int]) -> Tensor:
 
 
 #: Final-upsampler attribute name per number of skips, as in torchfcn (FCN32s/16s/8s).
-_FINAL_NAME = {0: "upscore", 1: "upscore16", 2: "upscore8"}
+_FINAL_NAME = {0: "upscore", 1: "upscore16", 2: "upscore8", 3: "upscore4"}
+#: each fusion step's (score layer of the finer tap, upsampler of the running map), coarse to fine; the first two
+#: are the paper's FCN-16s / FCN-8s names (torchfcn's), the third extends the pattern one tap finer (FCN-4s)
+_FUSE_NAMES = [("score_pool4", "upscore2"), ("score_pool3", "upscore_pool4"), ("score_pool2", "upscore_pool3")]
 
 
 class SkipFCNHead(nn.Module):
-    """The FCN-32s / 16s / 8s score-and-fuse head (Long, Shelhamer, Darrell 2015).
+    """The FCN-32s / 16s / 8s (/ 4s) score-and-fuse head (Long, Shelhamer, Darrell 2015).
 
     ``in_keys`` / ``in_channels`` / ``strides`` list the taps coarse to fine, e.g. ``("fc7", "pool4",
-    "pool3")`` at strides ``(32, 16, 8)``. ``skips`` (0, 1, 2) says how many finer taps are fused:
-    0 = FCN-32s, 1 = FCN-16s, 2 = FCN-8s. Each step upsamples the running score map by the stride ratio,
-    crops the finer tap's score map (``score_pool4`` / ``score_pool3``) to it and adds; a last upsampler
+    "pool3")`` at strides ``(32, 16, 8)``. ``skips`` (0 to 3) says how many finer taps are fused:
+    0 = FCN-32s, 1 = FCN-16s, 2 = FCN-8s, 3 = FCN-4s (one step past the paper, which stopped at 8s on VGG16
+    citing diminishing returns; on a light timm backbone the stride-4 tap costs little). Each
+    step upsamples the running score map by the stride ratio, crops the finer tap's score map
+    (``score_pool4`` / ``score_pool3`` / ``score_pool2``) to it and adds; a last upsampler
     brings the map to stride 1 and a crop gives exactly ``H x W``.
 
     ``offsets``: the Caffe crop offsets ``(skip offsets..., final offset)``: 19 / (5, 27) / (5, 9, 31) for
@@ -171,8 +176,8 @@ class SkipFCNHead(nn.Module):
             raise ConfigError(f"fuse must be 'sum' (FCN's) or 'mix' (learned mixing of the paths), got {fuse!r}")
         if fuse == "mix" and skips == 0:
             raise ConfigError("fuse='mix' mixes the upsampling paths of FCN-16s / 8s: FCN-32s has one path")
-        if skips not in (0, 1, 2):
-            raise ConfigError(f"skips must be 0 (FCN-32s), 1 (FCN-16s) or 2 (FCN-8s), got {skips}")
+        if skips not in (0, 1, 2, 3):
+            raise ConfigError(f"skips must be 0 (FCN-32s), 1 (FCN-16s), 2 (FCN-8s) or 3 (FCN-4s), got {skips}")
         if len(in_keys) < skips + 1 or len(in_channels) < skips + 1 or len(strides) < skips + 1:
             raise ConfigError(f"FCN with {skips} skips needs {skips + 1} taps, got {list(in_keys)}")
         self.skips = skips
@@ -190,12 +195,9 @@ class SkipFCNHead(nn.Module):
             raise ConfigError(f"need {skips} skip scales, got {list(skip_scales or [])}")
 
         self.score_fr = nn.Conv2d(in_channels[0], num_classes, 1)
-        if skips >= 1:
-            self.score_pool4 = nn.Conv2d(in_channels[1], num_classes, 1)
-            self.upscore2 = make_upsampler(num_classes, factors[0], upsample, learn_upsample)
-        if skips >= 2:
-            self.score_pool3 = nn.Conv2d(in_channels[2], num_classes, 1)
-            self.upscore_pool4 = make_upsampler(num_classes, factors[1], upsample, learn_upsample)
+        for i, (score_name, up_name) in enumerate(_FUSE_NAMES[:skips]):
+            setattr(self, score_name, nn.Conv2d(in_channels[i + 1], num_classes, 1))
+            setattr(self, up_name, make_upsampler(num_classes, factors[i], upsample, learn_upsample))
         setattr(self, _FINAL_NAME[skips], make_upsampler(num_classes, factors[-1], upsample, learn_upsample))
         for score in self._score_layers():
             nn.init.zeros_(score.weight)
@@ -210,16 +212,14 @@ class SkipFCNHead(nn.Module):
                 self.mix.bias.zero_()
 
     def _score_layers(self) -> list[nn.Conv2d]:
-        names = ["score_fr", "score_pool4", "score_pool3"][: self.skips + 1]
+        names = ["score_fr"] + [score for score, _ in _FUSE_NAMES[: self.skips]]
         return [getattr(self, n) for n in names]
 
     def forward(self, features: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
         if self.fuse == "mix":
             return self._forward_mixed(features, size)
         h = self.score_fr(features[self.in_keys[0]])
-        fuse = [("score_pool4", "upscore2"), ("score_pool3", "upscore_pool4")]
-        for i in range(self.skips):
-            score_name, up_name = fuse[i]
+        for i, (score_name, up_name) in enumerate(_FUSE_NAMES[: self.skips]):
             h = getattr(self, up_name)(h)
             tap = features[self.in_keys[i + 1]]
             if self.skip_scales[i] != 1.0:
@@ -235,9 +235,7 @@ class SkipFCNHead(nn.Module):
     def _forward_mixed(self, features: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
         """``fuse="mix"``: each step carries every coarser path one grid finer, then ``mix`` combines them."""
         paths = [self.score_fr(features[self.in_keys[0]])]
-        fuse = [("score_pool4", "upscore2"), ("score_pool3", "upscore_pool4")]
-        for i in range(self.skips):
-            score_name, up_name = fuse[i]
+        for i, (score_name, up_name) in enumerate(_FUSE_NAMES[: self.skips]):
             up = getattr(self, up_name)
             tap = features[self.in_keys[i + 1]]
             if self.skip_scales[i] != 1.0:
