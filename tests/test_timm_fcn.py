@@ -80,23 +80,30 @@ def test_aligned_skip_fusion_reproduces_a_linear_ramp(upsample, head_name, score
     assert torch.allclose(out[32:-32], len(scores) * x[32:-32], atol=1e-3)
 
 
-def test_full_mixing_starts_as_the_sum_and_can_weigh_each_path():
+@pytest.mark.parametrize(
+    ("head_name", "scores"),
+    [
+        ("fcn8s", ("score_fr", "score_pool4", "score_pool3")),
+        ("fcn4s", ("score_fr", "score_pool4", "score_pool3", "score_pool2")),
+    ],
+)
+def test_full_mixing_starts_as_the_sum_and_can_weigh_each_path(head_name, scores):
     torch.manual_seed(0)
-    summed = fcnkit.create_model("fcn8s_timm", num_classes=4, backbone="resnet18", upsample="bilinear").eval()
-    mixed = fcnkit.create_model("fcn8s_timm", num_classes=4, backbone="resnet18", upsample="bilinear", fuse="mix")
-    mixed.eval()
+    options = {"num_classes": 4, "backbone": "resnet18", "upsample": "bilinear"}
+    summed = fcnkit.create_model(f"{head_name}_timm", **options).eval()
+    mixed = fcnkit.create_model(f"{head_name}_timm", fuse="mix", **options).eval()
     with torch.no_grad():  # the score layers start at zero: give every path a signal
-        for name in ("score_fr", "score_pool4", "score_pool3"):
+        for name in scores:
             getattr(summed.classifier, name).weight.normal_(0, 0.05)
     result = mixed.load_state_dict(summed.state_dict(), strict=False)
     assert sorted(result.missing_keys) == ["classifier.mix.bias", "classifier.mix.weight"]
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(mixed(x)["out"], summed(x)["out"], rtol=1e-5, atol=1e-5)
-        # only the stride-8 path (score_pool3) kept: the summed head with the two coarser score layers at zero
+        # only the finest path kept: the summed head with every coarser score layer at zero
         eye = torch.eye(4).view(4, 4, 1, 1)
-        mixed.classifier.mix.weight.copy_(torch.cat([0 * eye, 0 * eye, eye], dim=1))
-        for name in ("score_fr", "score_pool4"):
+        mixed.classifier.mix.weight.copy_(torch.cat([0 * eye] * (len(scores) - 1) + [eye], dim=1))
+        for name in scores[:-1]:
             getattr(summed.classifier, name).weight.zero_()
             getattr(summed.classifier, name).bias.zero_()
         torch.testing.assert_close(mixed(x)["out"], summed(x)["out"], rtol=1e-5, atol=1e-5)

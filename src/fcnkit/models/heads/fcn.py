@@ -175,7 +175,7 @@ class SkipFCNHead(nn.Module):
         if fuse not in ("sum", "mix"):
             raise ConfigError(f"fuse must be 'sum' (FCN's) or 'mix' (learned mixing of the paths), got {fuse!r}")
         if fuse == "mix" and skips == 0:
-            raise ConfigError("fuse='mix' mixes the upsampling paths of FCN-16s / 8s: FCN-32s has one path")
+            raise ConfigError("fuse='mix' mixes the upsampling paths of FCN-16s / 8s / 4s: FCN-32s has one path")
         if skips not in (0, 1, 2, 3):
             raise ConfigError(f"skips must be 0 (FCN-32s), 1 (FCN-16s), 2 (FCN-8s) or 3 (FCN-4s), got {skips}")
         if len(in_keys) < skips + 1 or len(in_channels) < skips + 1 or len(strides) < skips + 1:
