@@ -392,6 +392,9 @@ TTA = {
     "flip_ms_up": {"flip": True, "scales": [1.0, 1.25, 1.5]},
     # one scale further up: the small classes (poles, signs, pedestrians) are a few pixels wide at scale 1
     "flip_ms_up4": {"flip": True, "scales": [1.0, 1.25, 1.5, 1.75]},
+    # up to twice the frame's size, with and without the frame's own scale
+    "flip_ms_up5": {"flip": True, "scales": [1.0, 1.25, 1.5, 1.75, 2.0]},
+    "flip_ms_hi": {"flip": True, "scales": [1.25, 1.5, 1.75, 2.0]},
     # one pass at 1.25: the crops' mean training scale is 1.125 (0.75-1.5), so objects look larger in training
     # than in a frame at scale 1 (the train/test resolution discrepancy of FixRes, Touvron et al. 2019)
     "s1.25": {"scales": [1.25]},
