@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
 from fcnkit.data import EvalTransform, TrainTransform, pad_collate
-from fcnkit.data.transforms import _resize_label_fast, jitter_colour, resize_label
+from fcnkit.data.transforms import _resize_label_fast, adjust_gamma, jitter_colour, resize_label
+from fcnkit.errors import ConfigError
 from fcnkit.preprocessing import CAFFE_BGR, IMAGENET
 
 
@@ -214,6 +216,37 @@ def test_colour_jitter_matches_torchvision_on_float_images():
     for b, c, s in [(1.2, 0.8, 1.1), (0.7, 1.3, 0.6), (1.0, 1.0, 1.0)]:
         expected = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(image, b), c), s) * 255
         torch.testing.assert_close(jitter_colour(image * 255, b, c, s), expected, atol=1e-3, rtol=0)
+
+
+def test_gamma_matches_torchvision_on_float_images():
+    """adjust_gamma on 0-255 floats = torchvision's adjust_gamma (gain 1) on the same image in 0-1, times 255."""
+    g = torch.Generator().manual_seed(4)
+    image = torch.rand(3, 7, 9, generator=g)
+    for gamma in (0.5, 0.8, 1.0, 1.7):
+        expected = TF.adjust_gamma(image, gamma) * 255
+        torch.testing.assert_close(adjust_gamma(image * 255, gamma), expected, atol=1e-3, rtol=0)
+    assert adjust_gamma(torch.tensor([64.0]), 0.5).item() == pytest.approx(255 * (64 / 255) ** 0.5)
+    with pytest.raises(ConfigError, match="gamma"):
+        adjust_gamma(image, 0.0)
+
+
+def test_gamma_jitter_draws_log_uniform_gammas_in_range():
+    """On a flat grey image the gamma of each draw can be read back: log(out / 255) / log(in / 255)."""
+    t = TrainTransform(IMAGENET, crop_size=None, scale_range=None, hflip=0.0, gamma_jitter=1.0)
+    grey = {"image": torch.full((3, 4, 4), 64, dtype=torch.uint8), "label": torch.zeros(4, 4, dtype=torch.long)}
+    torch.manual_seed(0)
+    gammas = []
+    for _ in range(400):
+        out = red_of(t(grey)["image"])
+        assert torch.allclose(out, out[0, 0].expand_as(out), atol=1e-3)  # one curve for the whole image
+        gammas.append(math.log(out[0, 0].item() / 255) / math.log(64 / 255))
+    log_g = torch.tensor(gammas).log()
+    # 1 + gamma_jitter = 2: gamma in [0.5, 2], log-uniform on [-ln 2, ln 2] (mean 0, sd ln 2 / sqrt 3 = 0.400)
+    assert 0.5 - 1e-3 <= min(gammas) and max(gammas) <= 2 + 1e-3
+    assert abs(log_g.mean().item()) < 0.06 and abs(log_g.std().item() - math.log(2) / math.sqrt(3)) < 0.04
+    assert (log_g < -0.5).any() and (log_g > 0.5).any()  # both tails are drawn
+    with pytest.raises(ConfigError, match="gamma_jitter"):
+        TrainTransform(IMAGENET, crop_size=None, gamma_jitter=-0.1)
 
 
 def test_fast_label_resize_agrees_with_the_exact_one_on_uint8():

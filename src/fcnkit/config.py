@@ -75,6 +75,11 @@ class DataConfig:
     base_size: int | None = None
     hflip: float = 0.5
     color_jitter: float = 0.0
+    #: a gamma curve 255 * (x / 255) ** gamma after the colour jitter, gamma drawn log-uniformly from
+    #: [1 / (1 + gamma_jitter), 1 + gamma_jitter]; unlike brightness and contrast, which a per-image
+    #: standardisation (model option input_norm: image) undoes, it changes the tones' shape: dark scenes get
+    #: lighter or darker in a way the network still sees
+    gamma_jitter: float = 0.0
     #: probabilities that a training batch is mixed (at most one per batch; fcnkit.data.mixing): Mosaic of four
     #: half-size samples, CutMix of a partner's box, MixUp of two samples (the loss then mixes both labels'
     #: losses); mix_alpha is the Beta(alpha, alpha) parameter of CutMix's and MixUp's share

@@ -73,7 +73,9 @@ class TrainTransform:
       preprocessing mean so the padding is 0 after normalisation;
     * crop: a random ``crop_size`` window (``None`` keeps the whole image, as the original FCN recipe);
     * flip: left-right with probability ``hflip``;
-    * jitter: brightness, contrast and saturation factors drawn from ``[1 - color_jitter, 1 + color_jitter]``.
+    * jitter: brightness, contrast and saturation factors drawn from ``[1 - color_jitter, 1 + color_jitter]``;
+    * gamma: ``255 * (x / 255) ** gamma``, gamma drawn log-uniformly from ``[1 / (1 + gamma_jitter),
+      1 + gamma_jitter]`` (so darkening and lightening are equally likely).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class TrainTransform:
         base_size: int | None = None,
         hflip: float = 0.5,
         color_jitter: float = 0.0,
+        gamma_jitter: float = 0.0,
         ignore_index: int = 255,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -93,12 +96,15 @@ class TrainTransform:
             raise ConfigError(f"hflip is a probability in [0, 1], got {hflip}")
         if not 0.0 <= color_jitter < 1.0:
             raise ConfigError(f"color_jitter must be in [0, 1), got {color_jitter}")
+        if not 0.0 <= gamma_jitter <= 4.0:
+            raise ConfigError(f"gamma_jitter must be in [0, 4] (gamma from 1 / (1 + g) to 1 + g), got {gamma_jitter}")
         self.preprocessing = preprocessing
         self.crop_size = None if crop_size is None else as_pair(crop_size)
         self.scale_range = scale_range
         self.base_size = base_size
         self.hflip = hflip
         self.color_jitter = color_jitter
+        self.gamma_jitter = gamma_jitter
         self.ignore_index = ignore_index
         self.generator = generator
 
@@ -107,7 +113,7 @@ class TrainTransform:
         cls, preprocessing: Preprocessing, data: DataConfig, ignore_index: int = 255, finish: bool = False
     ) -> TrainTransform:
         """The augmentation a ``data:`` config section describes (crop_size, scale_range, base_size, hflip,
-        color_jitter), normalising with ``preprocessing``; with ``finish``, that of the run's last part
+        color_jitter, gamma_jitter), normalising with ``preprocessing``; with ``finish``, that of the run's last part
         (``finish_crop_size``, and ``finish_scale_range`` when set)."""
         key = "finish_crop_size" if finish else "crop_size"
         crop = getattr(data, key)
@@ -119,6 +125,7 @@ class TrainTransform:
             base_size=data.base_size,
             hflip=data.hflip,
             color_jitter=data.color_jitter,
+            gamma_jitter=data.gamma_jitter,
             ignore_index=ignore_index,
         )
 
@@ -157,6 +164,9 @@ class TrainTransform:
         image = image.float()
         if self.color_jitter > 0:
             image = self._jitter(image)  # before padding, so the pad keeps its exact value
+        if self.gamma_jitter > 0:
+            log_g = math.log1p(self.gamma_jitter)
+            image = adjust_gamma(image, math.exp(self._uniform(-log_g, log_g)))
 
         # Padding the image with the mean means it becomes exactly 0 after normalisation: the network
         # sees "no signal" there, as it does past a convolution's zero padding, rather than a black
@@ -220,6 +230,14 @@ def jitter_colour(image: Tensor, brightness: float, contrast: float, saturation:
     image = image.mul_(contrast).add_(mean * (1.0 - contrast)).clamp_(0, 255)
     grey = _grey(image)  # before the in-place scaling below
     return image.mul_(saturation).add_(grey, alpha=1.0 - saturation).clamp_(0, 255)
+
+
+def adjust_gamma(image: Tensor, gamma: float) -> Tensor:
+    """``255 * (x / 255) ** gamma`` of a float image in 0-255 units: torchvision's ``adjust_gamma`` (gain 1)
+    without the uint8 round trip; gamma < 1 lightens the dark tones, gamma > 1 darkens them, 0 and 255 stay."""
+    if gamma <= 0:
+        raise ConfigError(f"gamma must be positive, got {gamma}")
+    return image.clamp(0, 255).div_(255).pow_(gamma).mul_(255)
 
 
 class EvalTransform:
