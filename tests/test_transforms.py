@@ -256,3 +256,18 @@ def test_fast_label_resize_agrees_with_the_exact_one_on_uint8():
         assert torch.equal(_resize_label_fast(label, size), resize_label(label, size))
     wide = torch.tensor([[300, -5], [7, 255]])  # not uint8: the exact path
     assert torch.equal(_resize_label_fast(wide, (4, 4)), resize_label(wide, (4, 4)))
+
+
+def test_image_standardisation_undoes_brightness_and_contrast_but_not_gamma():
+    """Why ``gamma_jitter`` exists beside ``color_jitter`` under ``input_norm: image``: per-channel standardisation
+    removes any per-channel affine change (brightness scales, contrast scales and shifts), not a gamma curve."""
+    from fcnkit.models.segmenter import image_standardisation
+
+    norm = image_standardisation("image")
+    g = torch.Generator().manual_seed(6)
+    image = 40 + 150 * torch.rand(3, 12, 16, generator=g)  # away from 0 and 255: no clamping below
+    plain = norm(image[None])
+    for b, c in [(1.2, 0.8), (0.8, 1.25)]:
+        jittered = jitter_colour(image.clone(), b, c, 1.0)
+        torch.testing.assert_close(norm(jittered[None]), plain, atol=1e-3, rtol=0)
+    assert (norm(adjust_gamma(image.clone(), 1.5)[None]) - plain).abs().max() > 0.05
