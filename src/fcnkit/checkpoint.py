@@ -1,8 +1,10 @@
 """fcnkit checkpoints: the state dict plus everything needed to rebuild and feed the model.
 
-A checkpoint is a plain dict (``weights_only``-loadable): ``format``, ``version``, ``arch`` (registry
-name, num_classes, options), ``preprocessing``, ``classes``, ``state_dict`` and any extra entries the
-caller adds (optimizer state, epoch...). Files are written atomically: a temporary file in the same
+A checkpoint is a plain dict (``weights_only``-loadable): ``format``, ``version``, ``card`` (the
+:class:`~fcnkit.card.ModelCard`: architecture, classes, palette, preprocessing, test-time passes, which weights,
+provenance), ``state_dict`` and any extra entries the caller adds (a training run's ``last.pth`` adds the
+optimiser state, its ``ema`` weights, the RNG states, its progress and its ``config``). Version 1 files (loose
+``arch`` / ``preprocessing`` / ``classes`` / ``palette`` entries, no ``card``) still load. Files are written atomically: a temporary file in the same
 directory, flushed to disk, then renamed over the destination, so a crash never leaves half a file.
 """
 
@@ -15,12 +17,16 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from .card import ModelCard
+from .config import inference_config
+from .errors import CheckpointError, ConfigError
 from .hub import load_file
 from .models import Segmenter, create_model
 from .preprocessing import Preprocessing
 
-FORMAT, VERSION = "fcnkit", 1
+FORMAT, VERSION = "fcnkit", 2
+#: ``weights`` choices of :func:`load_checkpoint` and of every command's ``--weights``
+WEIGHT_CHOICES = ("auto", "ema", "raw")
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -48,10 +54,7 @@ def checkpoint_dict(model: Segmenter, **extra: Any) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "version": VERSION,
-        "arch": model.arch,
-        "preprocessing": model.preprocessing.to_dict(),
-        "classes": list(model.classes) if model.classes else None,
-        "palette": [list(c) for c in model.palette] if model.palette else None,
+        "card": model.card.to_dict(),
         "state_dict": model.state_dict(),
         **extra,
     }
@@ -74,13 +77,60 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return obj
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Segmenter:
-    """Rebuild the model stored in an fcnkit checkpoint, with its weights, preprocessing and classes."""
+def read_card(ckpt: dict[str, Any]) -> ModelCard:
+    """The model card of a checkpoint dict read by :func:`read_checkpoint` (built from the loose entries of a
+    version 1 file, with the ``test:`` section of its training config when it has one)."""
+    if ckpt.get("card") is not None:
+        return ModelCard.from_dict(ckpt["card"])
+    config = ckpt.get("config") or {}
+    return ModelCard(
+        arch=dict(ckpt.get("arch") or {}),
+        preprocessing=Preprocessing.from_dict(ckpt["preprocessing"]),
+        classes=tuple(ckpt["classes"]) if ckpt.get("classes") else None,
+        palette=tuple(tuple(c) for c in ckpt["palette"]) if ckpt.get("palette") else None,
+        test=inference_config(config.get("test") or {}),
+        provenance={"step": (ckpt.get("progress") or {}).get("step")} if ckpt.get("progress") else {},
+    )
+
+
+def select_weights(
+    ckpt: dict[str, Any], weights: str = "auto", path: str | os.PathLike[str] = "the checkpoint"
+) -> tuple[dict[str, torch.Tensor], ModelCard]:
+    """The state dict and card that ``weights`` names in a checkpoint dict.
+
+    ``"auto"`` (the default everywhere) takes the weights that were evaluated: the EMA of a ``last.pth`` written
+    with ``ema_decay``, else the file's own. ``"ema"`` insists on the average (a ``best.pth`` of an EMA run holds
+    it as its weights), ``"raw"`` on the weights as trained (only a ``last.pth`` has both)."""
+    if weights not in WEIGHT_CHOICES:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHT_CHOICES)}, got {weights!r}")
+    card = read_card(ckpt)
+    ema = (ckpt.get("ema") or {}).get("module")
+    if ema is not None and weights in ("auto", "ema"):
+        return ema, card.replace(weights="ema")
+    if weights == "ema" and card.weights != "ema":
+        raise CheckpointError(
+            f"{path} holds no EMA weights: the run had no ema_decay (its weights are the raw ones; use --weights raw "
+            "or auto)"
+        )
+    if weights == "raw" and card.weights == "ema":
+        raise CheckpointError(
+            f"{path} holds only the EMA weights (a best.pth keeps the weights that were evaluated); the raw ones "
+            "are in the run's last.pth"
+        )
+    return ckpt["state_dict"], card
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu", weights: str = "auto"
+) -> Segmenter:
+    """Rebuild the model stored in an fcnkit checkpoint: its weights (``weights``: see :func:`select_weights`)
+    and its card (classes, palette, preprocessing, test-time passes, provenance)."""
     ckpt = read_checkpoint(path)
-    arch = ckpt["arch"]
+    state_dict, card = select_weights(ckpt, weights, path)
+    arch = card.arch
+    if not arch.get("name"):
+        raise CheckpointError(f"{path}: its model card names no architecture")
     model = create_model(arch["name"], num_classes=arch["num_classes"], **arch.get("options", {}))
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    model.preprocessing = Preprocessing.from_dict(ckpt["preprocessing"])
-    model.classes = ckpt.get("classes")
-    model.palette = [tuple(c) for c in ckpt["palette"]] if ckpt.get("palette") else None
+    model.load_state_dict(state_dict, strict=True)
+    model.card = card.replace(provenance={**card.provenance, "file": os.fspath(path)})
     return model.to(map_location)

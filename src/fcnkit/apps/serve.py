@@ -34,7 +34,7 @@ from PIL import UnidentifiedImageError
 
 from ..data import decode_image, voc_palette
 from ..errors import DataError, FcnkitError, ImageTooLargeError, MissingDependencyError
-from ..inference import Predictor, describe_backend
+from ..inference import Predictor, describe_backend, describe_inference
 from ..visualize import label_to_palette_png
 
 __all__ = ["Segmentation", "ServeLimits", "Service", "create_app", "serve"]
@@ -88,6 +88,8 @@ class Service:
             "classes": list(self.predictor.classes),
             "palette": [list(c) for c in self.palette],
             "backend": describe_backend(self.predictor.model),
+            "weights": self.predictor.card.describe_weights(),
+            "passes": describe_inference(self.predictor.inference),
             "device": str(self.predictor.device),
             "tile": _tile(self.predictor),
             "limits": asdict(self.limits),

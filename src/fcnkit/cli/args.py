@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any
 
+from ..card import ModelCard, card_of
 from ..config import InferenceConfig, inference_config, parse_override
+from ..inference import describe_backend, describe_inference, is_plain
 
 
 def size(text: str) -> tuple[int, int]:
@@ -61,24 +65,52 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         "'Speed'; the export is cached under $FCNKIT_CACHE/onnx), PyTorch otherwise and on CUDA; openvino: "
         "the same ONNX file compiled by OpenVINO (fcnkit[openvino])",
     )
-    g = p.add_argument_group("test-time inference (default: one whole-image pass)")
+    add_weights_arg(p)
+    add_passes_args(p)
+
+
+def add_weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        choices=("auto", "ema", "raw"),
+        default="auto",
+        help="a training run's last.pth holds two sets: auto (default) runs the weights that were evaluated (the "
+        "EMA when the run kept one, as best.pth holds), ema or raw pick one; other files hold one set",
+    )
+
+
+def add_passes_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "test-time passes (default: the model's recipe, its training config's test: section, stored in the "
+        "checkpoint and in exported ONNX files)"
+    )
+    g.add_argument(
+        "--tta",
+        choices=("recipe", "none"),
+        default="recipe",
+        help="recipe (default): the passes the model was measured with; none: one whole-image pass. The options "
+        "below change either",
+    )
     g.add_argument("--scales", type=float, nargs="+", metavar="S", help="average over these resize factors")
     g.add_argument("--base-size", type=int, help="scales resize the long side to base_size x S (FastFCN)")
-    g.add_argument("--flip", action="store_true", default=None, help="also average the mirrored image")
+    g.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=None, help="also average the mirrored image (or not)"
+    )
     g.add_argument("--slide", type=window, metavar="N|HxW", help="sliding-window inference with this window")
     g.add_argument("--stride", type=window, metavar="N|HxW", help="window step (default 2/3 of the window)")
     g.add_argument("--pad", action="store_true", default=None, help="pad images smaller than the window (FastFCN)")
 
 
-def inference_from_args(args: argparse.Namespace, base: dict | None = None) -> InferenceConfig:
-    """An InferenceConfig: ``base`` (e.g. a run's ``test`` section) with the command-line options on top."""
-    data = dict(base or {})
+def inference_from_args(args: argparse.Namespace, card: ModelCard | None = None) -> InferenceConfig:
+    """The passes a command runs: the model card's (``--tta recipe``, the default) or one whole-image pass
+    (``--tta none``), with the explicit options on top."""
+    data = dataclasses.asdict(card.test) if card is not None and args.tta == "recipe" else {}
     if args.scales is not None:
         data["scales"] = args.scales
     if args.base_size is not None:
         data["base_size"] = args.base_size
-    if args.flip:
-        data["flip"] = True
+    if args.flip is not None:
+        data["flip"] = bool(args.flip)
     if args.pad:
         data["pad"] = True
     if args.slide is not None:
@@ -86,3 +118,19 @@ def inference_from_args(args: argparse.Namespace, base: dict | None = None) -> I
     if args.stride is not None:
         data["stride"] = list(args.stride)
     return inference_config(data)
+
+
+def describe_run(command: str, source: str, model: Any, inference: InferenceConfig, args: argparse.Namespace) -> str:
+    """The first line a command prints to stderr: what runs (file, weights, passes, backend)."""
+    card = card_of(model)
+    name = card.arch.get("name") or type(model).__name__
+    classes = f", {card.num_classes} classes" if card.num_classes else ""
+    passes = describe_inference(inference)
+    if getattr(args, "tta", "recipe") == "recipe" and inference == card.test and not is_plain(inference):
+        passes += " (the recipe's; --tta none for one pass)"
+    elif is_plain(card.test) is False and inference != card.test:
+        passes += f" (not the recipe's: {describe_inference(card.test)})"
+    return (
+        f"fcnkit {command}: {source} ({name}{classes}); weights {card.describe_weights()}; passes {passes}; "
+        f"backend {describe_backend(model)}"
+    )

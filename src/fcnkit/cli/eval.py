@@ -7,20 +7,28 @@ import json
 import sys
 from pathlib import Path
 
-from ..checkpoint import load_checkpoint, read_checkpoint
+from ..card import card_of
+from ..checkpoint import read_checkpoint
 from ..data import build_dataset
 from ..engine.evaluate import evaluate
 from ..engine.pictures import save_evaluation_pictures
-from ..errors import CheckpointError, ConfigError
-from ..inference import describe_backend, describe_inference, load_model, optimized_or_plain
+from ..errors import ConfigError
+from ..inference import describe_inference, load_model, optimized_or_plain
 from ..utils import resolve_device
-from .args import add_device_arg, add_inference_args, add_option_arg, dataset_options, inference_from_args
+from .args import (
+    add_device_arg,
+    add_inference_args,
+    add_option_arg,
+    dataset_options,
+    describe_run,
+    inference_from_args,
+)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.ema:  # the older spelling of --weights ema
+        args.weights = "ema"
     onnx_file = str(args.checkpoint).endswith(".onnx")  # fcnkit export / quantize output: no training config
-    if onnx_file and args.ema:
-        raise ConfigError("--ema needs an fcnkit checkpoint (last.pth); an .onnx file holds one set of weights")
     ckpt = {} if onnx_file else read_checkpoint(args.checkpoint)
     run = ckpt.get("config") or {}
     data_cfg = run.get("data", {})
@@ -34,19 +42,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     options = {**((run_options or {}) if name == run_name else {}), **dataset_options(args.option)}
     dataset = build_dataset(name, root, split, **options)
     device = resolve_device(args.device)
-    model = load_model(args.checkpoint) if onnx_file else load_checkpoint(args.checkpoint)
-    if args.ema:
-        if not ckpt.get("ema"):
-            raise CheckpointError(
-                f"{args.checkpoint} holds no EMA weights: it was trained without ema_decay, or it is a best.pth "
-                "(which already holds them)"
-            )
-        model.load_state_dict(ckpt["ema"]["module"])
-    model = model.to(device)
+    model = load_model(args.checkpoint, args.weights).to(device)
+    inference = inference_from_args(args, card_of(model))
     if not args.no_optimize:
         model = optimized_or_plain(model, args.backend)
-    print(f"model: {describe_backend(model)}", file=sys.stderr)
-    inference = inference_from_args(args, run.get("test"))
+    print(describe_run("eval", args.checkpoint, model, inference, args), file=sys.stderr)
     metrics = evaluate(
         model,
         dataset,
@@ -81,7 +81,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ema",
         action="store_true",
-        help="a training run's last.pth: evaluate its EMA weights (those validation scores) instead of the raw ones",
+        help="the same as --weights ema (kept for older scripts)",
     )
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--pictures", metavar="DIR", help="write confusion_matrix.png and per_class_iou.png into DIR")

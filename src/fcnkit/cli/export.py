@@ -4,19 +4,29 @@ int8 ONNX file of it (:mod:`fcnkit.inference.quantize`)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from ..errors import ExportError
 from ..export import export_onnx
 from ..inference import is_bare_model_name, model_from_spec
-from .args import size
+from .args import add_passes_args, add_weights_arg, describe_run, inference_from_args, size
+
+
+def _model(args: argparse.Namespace, command: str) -> torch.nn.Module:
+    """The model to write, its card's passes set by ``--tta`` and the explicit options (what the file records and
+    what ``fcnkit predict model.onnx`` then runs); the first stderr line says what is written."""
+    model = model_from_spec(args.model, args.num_classes, args.weights)
+    if is_bare_model_name(args.model):
+        print(f"{args.model}: random weights ({model.num_classes} classes), for benchmarks and tests")
+    model.card = model.card.replace(test=inference_from_args(args, model.card))
+    print(describe_run(command, args.model, model, model.card.test, args), file=sys.stderr)
+    return model
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    model = model_from_spec(args.model, args.num_classes)
-    if is_bare_model_name(args.model):
-        print(f"{args.model}: random weights ({model.num_classes} classes), for benchmarks and tests")
+    model = _model(args, "export")
     try:
         report = export_onnx(
             model,
@@ -65,13 +75,15 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         help="largest |logit difference| accepted, plus 1e-4 x the largest |logit| (default 1e-4)",
     )
     p.add_argument("--num-classes", type=int, help="classes of a bare model name's random weights (default 21)")
+    add_weights_arg(p)
+    add_passes_args(p)
     p.set_defaults(func=cmd_export)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from ..inference.quantize import quantize_onnx  # deferred: ONNX Runtime's quantization tools load slowly
 
-    model = model_from_spec(args.model, args.num_classes)
+    model = _model(args, "quantize")
     report = quantize_onnx(
         model,
         args.calib,
@@ -115,4 +127,6 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-side", type=int, help="shrink larger calibration images to this long side first")
     p.add_argument("--check", help="a folder of images to measure int8 against fp32 on (default: the calibration ones)")
     p.add_argument("--num-classes", type=int, help="classes of a bare model name's random weights (default 21)")
+    add_weights_arg(p)
+    add_passes_args(p)
     p.set_defaults(func=cmd_quantize)

@@ -5,22 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..inference import Predictor, describe_backend, expand_inputs, predict_files
+from ..card import card_of
+from ..inference import Predictor, expand_inputs, load_model, predict_files
 from ..inference.video import is_video, predict_video
-from .args import add_device_arg, add_inference_args, inference_from_args
+from .args import add_device_arg, add_inference_args, describe_run, inference_from_args
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    model = load_model(args.model, args.weights)
     predictor = Predictor(
-        args.model,
+        model,
         device=args.device,
         tile=args.tile,
         batch_size=args.batch_size,
-        inference=inference_from_args(args),
+        inference=inference_from_args(args, card_of(model)),
         optimize=not args.no_optimize,
         backend=args.backend,
     )
-    print(f"model: {describe_backend(predictor.model)}", file=sys.stderr)
+    print(describe_run("predict", args.model, predictor.model, predictor.inference, args), file=sys.stderr)
     videos = [item for item in args.inputs if is_video(item)]
     images = [item for item in args.inputs if not is_video(item)]
     for source in videos:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..apps.serve import ServeLimits, Service, serve
-from ..inference import Predictor
-from .args import add_device_arg, add_inference_args, inference_from_args
+from ..card import card_of
+from ..inference import Predictor, load_model
+from .args import add_device_arg, add_inference_args, describe_run, inference_from_args
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -16,14 +18,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         queue=args.queue,
     )
+    model = load_model(args.model, args.weights)
     predictor = Predictor(
-        args.model,
+        model,
         device=args.device,
         tile=args.tile or None,
-        inference=inference_from_args(args),
+        inference=inference_from_args(args, card_of(model)),
         optimize=not args.no_optimize,
         backend=args.backend,
     )
+    print(describe_run("serve", args.model, predictor.model, predictor.inference, args), file=sys.stderr)
     serve(Service(predictor, limits), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

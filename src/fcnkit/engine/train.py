@@ -24,11 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..card import ModelCard
 from ..checkpoint import atomic_save, checkpoint_dict
 from ..config import TrainConfig, dump_config, to_dict
 from ..errors import DataError, TrainingDiverged
 from ..metrics import SegMetrics
 from ..progress import Progress, ensure_handler, get_logger
+from ..version import __version__
 from .distributed import barrier, broadcast_buffers, shutdown
 from .evaluate import evaluate
 from .loader import check_command
@@ -312,6 +314,11 @@ def save_checkpoint(run: Run, state: TrainState, path: Path, weights: nn.Module 
     rng = gather_rng_states(run.dist)
     if not run.dist.is_main:
         return
+    if weights is not None:  # best.pth: a deployable model, the weights that were evaluated and their card
+        weights.card = model_card(run, state, ema=run.ema is not None and weights is run.ema.module)
+        atomic_save(checkpoint_dict(weights, config=to_dict(run.cfg), progress=state.state_dict()), path)
+        return
+    run.model.card = model_card(run, state, ema=False)
     ckpt = checkpoint_dict(
         run.model,
         config=to_dict(run.cfg),
@@ -322,9 +329,21 @@ def save_checkpoint(run: Run, state: TrainState, path: Path, weights: nn.Module 
         rng=rng,
         progress=state.state_dict(),
     )
-    if weights is not None:
-        ckpt["state_dict"] = weights.state_dict()
     atomic_save(ckpt, path)
+
+
+def model_card(run: Run, state: TrainState, ema: bool) -> ModelCard:
+    """The card written with the run's weights: the recipe's test-time passes, which weights, provenance."""
+    cfg = run.cfg
+    provenance = {
+        "run_dir": str(run.paths.run_dir),
+        "step": state.step,
+        "epoch": state.epoch,
+        "dataset": f"{cfg.data.name}/{cfg.data.train_split}",
+        "best_val_miou": state.best_miou,
+        "fcnkit": __version__,
+    }
+    return run.model.card.replace(test=cfg.test, weights="ema" if ema else "raw", provenance=provenance)
 
 
 def _kept(run: Run) -> str:

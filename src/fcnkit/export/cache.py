@@ -2,8 +2,8 @@
 
 An entry is ``$FCNKIT_CACHE/onnx/<key>.onnx`` with ``<key>.json`` beside it. The key is a digest of everything
 the exported graph depends on: the weights (every tensor of the state dict, names, dtypes, shapes and bytes), the
-model's class and ``arch``, its preprocessing and classes (written into the file's metadata), the export's input
-layout (dynamic axes, opset) and the versions of fcnkit, torch, onnx and onnxscript. The JSON records the file's
+model's class and its card without provenance (architecture, preprocessing, classes, passes: the file's
+metadata), the export's input layout (dynamic axes, opset) and the versions of fcnkit, torch, onnx and onnxscript. The JSON records the file's
 size and SHA-256; an entry whose file does not match them (a truncated write, a disk error, a file edited by
 hand), or that ONNX Runtime cannot load, is rebuilt with a warning, never trusted.
 
@@ -30,6 +30,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from ..card import card_of
 from ..errors import ExportError
 from ..hub import cache_dir
 from ..version import __version__
@@ -37,7 +38,7 @@ from ..version import __version__
 __all__ = ["CachedExport", "cached_onnx", "export_key", "onnx_cache_dir", "weights_digest"]
 
 #: bump when the layout of an entry or of the key changes: older entries are then simply not found
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
 def onnx_cache_dir() -> Path:
@@ -68,15 +69,13 @@ def _versions() -> dict[str, str]:
 
 def export_key(model: nn.Module, layout: dict[str, Any]) -> str:
     """The cache key of ``model`` exported with ``layout`` (e.g. ``{"dynamic": True, "opset": None}``)."""
-    preprocessing = getattr(model, "preprocessing", None)
+    card = card_of(model).to_dict()
+    card.pop("provenance")  # where the weights were read from does not change the file (the digest covers them)
     described = {
         "format": CACHE_FORMAT,
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "arch": getattr(model, "arch", None),
         "num_classes": getattr(model, "num_classes", None),
-        "classes": getattr(model, "classes", None),
-        "palette": getattr(model, "palette", None),
-        "preprocessing": preprocessing.to_dict() if preprocessing is not None else None,
+        "card": card,
         "layout": layout,
         "versions": _versions(),
         "weights": weights_digest(model),

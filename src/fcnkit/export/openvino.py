@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..card import CardAttributes
 from ..errors import ConfigError, MissingFileError
-from ..preprocessing import IMAGENET
 from ..utils import require
-from .runtime import read_metadata
+from .runtime import card_in_file, read_metadata
 
 __all__ = ["OpenVINOModel", "require_openvino"]
 
@@ -31,7 +31,7 @@ def require_openvino() -> Any:
     return require("openvino", "openvino", "the OpenVINO inference backend")
 
 
-class OpenVINOModel(nn.Module):
+class OpenVINOModel(CardAttributes, nn.Module):
     """An ONNX file compiled by OpenVINO for the CPU: ``model(x) -> {"out": logits}`` like any fcnkit model.
 
     Args:
@@ -58,10 +58,7 @@ class OpenVINOModel(nn.Module):
         self.output = self.compiled.outputs[0]
         meta = read_metadata(_metadata(self.path))
         self.num_classes: int | None = meta["num_classes"]
-        self.classes: list[str] | None = meta["classes"]
-        self.palette: list[tuple[int, int, int]] | None = meta["palette"]
-        self.arch: dict[str, Any] = meta["arch"] or {}
-        self.preprocessing = meta["preprocessing"] or IMAGENET
+        self.card = card_in_file(meta, self.num_classes, self.path)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: preprocessed images ``(B, 3, H, W)`` -> ``{"out": (B, C, H, W)}`` float32 logits."""

@@ -1,13 +1,15 @@
 """An exported ``.onnx`` file run by ONNX Runtime, with the fcnkit model contract, and its metadata.
 
 ``OnnxRuntimeModel`` reads a file written by :func:`fcnkit.export.export_onnx` back as a model:
-``model(x)["out"]``, ``.preprocessing``, ``.num_classes``, ``.classes``, ``.palette``, so
+``model(x)["out"]``, ``.card`` (so ``.preprocessing``, ``.classes``, ``.palette``, the recipe's passes) and
+``.num_classes``, so
 :class:`fcnkit.Predictor` runs it in place of a torch model. ``onnxruntime`` is optional
 (``pip install 'fcnkit[onnx]'``) and imported when a model is built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..card import CardAttributes, ModelCard, card_of
 from ..errors import ConfigError, MissingFileError
 from ..preprocessing import IMAGENET, Preprocessing
 from ..utils import require
@@ -25,7 +28,7 @@ from ..version import __version__
 
 INPUT_NAME, OUTPUT_NAME = "input", "out"
 #: Version of the ``fcnkit.*`` metadata layout written into the ONNX file.
-METADATA_VERSION = 1
+METADATA_VERSION = 2
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
@@ -35,18 +38,21 @@ def require_onnx(module: str) -> Any:
 
 
 def model_metadata(model: nn.Module, num_classes: int | None) -> dict[str, str]:
-    arch = getattr(model, "arch", None) or {"name": type(model).__name__}
-    preprocessing = getattr(model, "preprocessing", None) or IMAGENET
-    palette = getattr(model, "palette", None)
-    classes = getattr(model, "classes", None)
+    """The ``fcnkit.*`` entries of an exported file: the model card (``fcnkit.card``, JSON: what every fcnkit
+    reader takes) and, for readers that are not fcnkit, its parts as separate keys."""
+    card = card_of(model)
+    if num_classes and not card.arch.get("num_classes"):
+        card = card.replace(arch={**card.arch, "num_classes": num_classes})
     return {
         "fcnkit.metadata_version": str(METADATA_VERSION),
         "fcnkit.version": __version__,
-        "fcnkit.arch": json.dumps(arch, default=str),
+        "fcnkit.card": card.to_json(),
+        "fcnkit.arch": json.dumps(card.arch, default=str),
         "fcnkit.num_classes": str(num_classes) if num_classes else "",
-        "fcnkit.classes": json.dumps(list(classes) if classes else None),
-        "fcnkit.palette": json.dumps([list(c) for c in palette] if palette else None),
-        "fcnkit.preprocessing": json.dumps(preprocessing.to_dict()),
+        "fcnkit.classes": json.dumps(list(card.classes) if card.classes else None),
+        "fcnkit.palette": json.dumps([list(c) for c in card.palette] if card.palette else None),
+        "fcnkit.preprocessing": json.dumps(card.preprocessing.to_dict()),
+        "fcnkit.test": json.dumps(dataclasses.asdict(card.test)),
         "fcnkit.input": (
             f"{INPUT_NAME!r}: float32 (B, 3, H, W) = (reorder(rgb) * scale - mean) / std, "
             "rgb in 0-255, parameters in fcnkit.preprocessing"
@@ -56,24 +62,38 @@ def model_metadata(model: nn.Module, num_classes: int | None) -> dict[str, str]:
 
 
 def read_metadata(props: dict[str, str]) -> dict[str, Any]:
-    """The ``fcnkit.*`` metadata of an exported file, decoded: ``arch``, ``num_classes``, ``classes``,
-    ``palette``, ``preprocessing`` (a :class:`Preprocessing`); absent keys are ``None``."""
-    out: dict[str, Any] = {k: None for k in ("arch", "num_classes", "classes", "palette", "preprocessing")}
-    if props.get("fcnkit.arch"):
-        out["arch"] = json.loads(props["fcnkit.arch"])
+    """The ``fcnkit.*`` metadata of an exported file, decoded: ``card`` (a :class:`ModelCard`, or ``None`` for a
+    file fcnkit did not write), ``arch``, ``num_classes``, ``classes``, ``palette``, ``preprocessing`` (a
+    :class:`Preprocessing`); absent keys are ``None``. Files of metadata version 1 (no card) get a card built
+    from their separate keys."""
+    out: dict[str, Any] = {k: None for k in ("card", "arch", "num_classes", "classes", "palette", "preprocessing")}
     if props.get("fcnkit.num_classes"):
         out["num_classes"] = int(props["fcnkit.num_classes"])
-    if props.get("fcnkit.classes"):
-        out["classes"] = json.loads(props["fcnkit.classes"])
-    if props.get("fcnkit.palette"):
-        palette = json.loads(props["fcnkit.palette"])
-        out["palette"] = [tuple(c) for c in palette] if palette else None
-    if props.get("fcnkit.preprocessing"):
-        out["preprocessing"] = Preprocessing.from_dict(json.loads(props["fcnkit.preprocessing"]))
+    if props.get("fcnkit.card"):
+        card = ModelCard.from_json(props["fcnkit.card"])
+    elif props.get("fcnkit.preprocessing") or props.get("fcnkit.arch"):
+        palette = json.loads(props.get("fcnkit.palette") or "null")
+        card = ModelCard(
+            arch=json.loads(props.get("fcnkit.arch") or "{}"),
+            preprocessing=Preprocessing.from_dict(json.loads(props["fcnkit.preprocessing"]))
+            if props.get("fcnkit.preprocessing")
+            else IMAGENET,
+            classes=json.loads(props.get("fcnkit.classes") or "null"),
+            palette=palette,
+        )
+    else:
+        return out
+    out.update(
+        card=card,
+        arch=card.arch,
+        classes=list(card.classes) if card.classes else None,
+        palette=list(card.palette) if card.palette else None,
+        preprocessing=card.preprocessing if (props.get("fcnkit.card") or props.get("fcnkit.preprocessing")) else None,
+    )
     return out
 
 
-class OnnxRuntimeModel(nn.Module):
+class OnnxRuntimeModel(CardAttributes, nn.Module):
     """An exported ``.onnx`` file run by ONNX Runtime, with the fcnkit model contract.
 
     ``model(x)`` maps preprocessed float images ``(B, 3, H, W)`` (a torch tensor, any device) to
@@ -132,16 +152,13 @@ class OnnxRuntimeModel(nn.Module):
         meta = read_metadata(session.get_modelmeta().custom_metadata_map)
         channels = session.get_outputs()[0].shape[1]
         self.num_classes: int | None = meta["num_classes"] or (channels if isinstance(channels, int) else None)
-        self.classes: list[str] | None = meta["classes"]
-        self.palette: list[tuple[int, int, int]] | None = meta["palette"]
-        self.arch: dict[str, Any] = meta["arch"] or {}
         if preprocessing is None and meta["preprocessing"] is None:
             warnings.warn(
                 f"{self.path or 'this ONNX model'} has no fcnkit preprocessing metadata: assuming "
                 "ImageNet RGB mean/std (pass preprocessing=... if that is wrong)",
                 stacklevel=2,
             )
-        self.preprocessing: Preprocessing = preprocessing or meta["preprocessing"] or IMAGENET
+        self.card = card_in_file(meta, self.num_classes, self.path, preprocessing)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: preprocessed images ``(B, 3, H, W)`` -> ``{"out": (B, C, H, W)}`` float32 logits."""
@@ -151,3 +168,13 @@ class OnnxRuntimeModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.path or 'InferenceSession'}, providers={self.session.get_providers()}"
+
+
+def card_in_file(
+    meta: dict[str, Any], num_classes: int | None, path: Path | None, preprocessing: Preprocessing | None = None
+) -> ModelCard:
+    """The card of an exported file from its decoded metadata (defaults for a file fcnkit did not write), with
+    the file named in its provenance and ``preprocessing`` (when given) in place of the file's."""
+    card = meta["card"] or ModelCard(arch={"num_classes": num_classes} if num_classes else {})
+    provenance = {**card.provenance, "file": str(path)} if path is not None else card.provenance
+    return card.replace(preprocessing=preprocessing or card.preprocessing, provenance=provenance)

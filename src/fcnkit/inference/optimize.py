@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from ..card import CardAttributes, card_of
 from ..errors import ConfigError
 from ..utils import AMP_DTYPES, compare_logits, eval_mode
 
@@ -165,11 +166,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "onnxruntime" if device.type == "cpu" and onnxruntime_available() else "torch"
 
 
-class OptimizedModel(nn.Module):
+class OptimizedModel(CardAttributes, nn.Module):
     """A model prepared for inference, with the fcnkit contract: ``(B, 3, H, W) -> {"out": (B, C, H, W)}``.
 
-    Carries ``preprocessing``, ``num_classes``, ``classes``, ``palette`` and ``arch`` of the original model,
-    so :class:`fcnkit.Predictor` and :func:`fcnkit.engine.evaluate.evaluate` accept it in its place.
+    Carries the original model's ``card`` (preprocessing, classes, palette, passes...) and ``num_classes``, so :class:`fcnkit.Predictor` and :func:`fcnkit.engine.evaluate.evaluate` accept it in its place.
     """
 
     def __init__(
@@ -180,8 +180,8 @@ class OptimizedModel(nn.Module):
         self.channels_last = channels_last
         self.amp_dtype = amp_dtype
         self.report = report
-        for attr in ("preprocessing", "num_classes", "classes", "palette", "arch"):
-            setattr(self, attr, getattr(source, attr, None))
+        self.card = card_of(source)
+        self.num_classes = getattr(source, "num_classes", None)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         with torch.inference_mode():

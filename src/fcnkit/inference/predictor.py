@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ..card import card_of
 from ..config import InferenceConfig
 from ..data.io import read_image
 from ..errors import DataError
@@ -46,14 +47,19 @@ class Predictor:
             in both directions are run whole, which is the same thing).
         overlap: fraction of a tile shared by neighbouring windows.
         batch_size: images of identical size are batched together up to this many.
-        inference: test-time options (scales, flip, slide; see :class:`fcnkit.config.InferenceConfig`).
-            ``tile`` turns its whole-image passes into sliding windows; an explicit slide setting wins.
+        inference: test-time passes (scales, flip, slide; see :class:`fcnkit.config.InferenceConfig`). ``None``
+            (the default) runs the passes of the model's card, those its training recipe was measured with (the
+            ``test:`` section; one whole-image pass for a model without a recipe); ``InferenceConfig()`` runs one
+            whole-image pass. ``tile`` turns whole-image passes into sliding windows; an explicit slide setting
+            wins.
         optimize: run through :func:`fcnkit.optimize_for_inference` with its exact defaults (BatchNorm folded
             into the convolutions, checked against the plain model on a random input); if that check fails
             the plain model is used and a warning says why.
         backend: for ``optimize``: ``"auto"`` (ONNX Runtime for a CPU model when it is installed, else PyTorch),
             ``"torch"`` or ``"onnxruntime"`` (the model exported to ONNX, the file cached under
             ``$FCNKIT_CACHE/onnx`` so that the next Predictor of the same weights does not export again).
+        weights: which weights of a training run's ``last.pth``: ``"auto"`` (those that were evaluated: the EMA
+            when the run kept one), ``"ema"`` or ``"raw"`` (see :func:`fcnkit.checkpoint.select_weights`).
     """
 
     def __init__(
@@ -66,13 +72,16 @@ class Predictor:
         inference: InferenceConfig | None = None,
         optimize: bool = True,
         backend: str = "auto",
+        weights: str = "auto",
     ) -> None:
         self.device = resolve_device(device)
-        self.model = load_model(model).to(self.device).eval()
+        self.model = load_model(model, weights).to(self.device).eval()
         if optimize:
             self.model = optimized_or_plain(self.model, backend)
+        #: what the model is: classes, palette, preprocessing, the recipe's passes, which weights, provenance
+        self.card = card_of(self.model)
         self.batch_size = max(1, batch_size)
-        inference = inference or InferenceConfig()
+        inference = self.card.test if inference is None else inference
         if tile and inference.mode == "whole":
             stride = max(1, round(tile * (1 - overlap)))
             inference = dataclasses.replace(inference, mode="slide", crop_size=[tile, tile], stride=[stride, stride])

@@ -22,13 +22,12 @@ optional input standardisation -> backbone -> optional neck -> head(s) -> a sing
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..card import CardAttributes, ModelCard
 from ..errors import ConfigError
-from ..preprocessing import IMAGENET, Preprocessing
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def image_standardisation(kind: str | None) -> nn.Module | None:
     return None if kind is None else nn.InstanceNorm2d(3, affine=False, track_running_stats=False)
 
 
-class Segmenter(nn.Module):
+class Segmenter(CardAttributes, nn.Module):
     """Backbone + optional ``neck`` + main head (``classifier``) + optional ``aux_classifier``, resized.
 
     Attribute names follow torchvision (``backbone``, ``classifier``, ``aux_classifier``) so that its
@@ -100,11 +99,10 @@ class Segmenter(nn.Module):
         self.aux_classifier = aux_classifier
         self.num_classes = num_classes
         self.align_corners = align_corners
-        # Filled by create_model(); travel with checkpoints (see fcnkit.checkpoint).
-        self.preprocessing: Preprocessing = IMAGENET
-        self.classes: list[str] | None = None
-        self.palette: list[tuple[int, int, int]] | None = None
-        self.arch: dict[str, Any] = {}
+        # What the weights are (architecture, classes, palette, preprocessing, test-time passes, provenance):
+        # filled by create_model() and the training loop, travels with checkpoints and ONNX files (fcnkit.card).
+        # model.preprocessing / classes / palette / arch read and write it.
+        self.card = ModelCard()
 
     def _resize(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
         if tuple(logits.shape[-2:]) == tuple(size):

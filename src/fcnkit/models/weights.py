@@ -211,11 +211,13 @@ def _from_object(obj: Any, entry: WeightsEntry | None, source: str) -> ResolvedW
     classes = entry.classes if entry else None
     layout = entry.layout if entry else None
     if isinstance(obj, dict) and obj.get("format") == "fcnkit":
-        meta = obj
+        meta = obj.get("card") or obj  # version 2 files hold a model card, version 1 loose entries
         if meta.get("preprocessing"):
             preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         classes = tuple(meta["classes"]) if meta.get("classes") else classes
-        obj, layout = meta["state_dict"], "fcnkit"
+        # the weights that were evaluated: a last.pth's EMA when it has one (as fcnkit.load_checkpoint takes)
+        ema = (obj.get("ema") or {}).get("module")
+        obj, layout = (ema if ema is not None else obj["state_dict"]), "fcnkit"
     elif isinstance(obj, dict):
         for key in ("model_state_dict", "state_dict", "model"):
             if isinstance(obj.get(key), dict):
