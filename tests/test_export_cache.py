@@ -201,7 +201,7 @@ def test_second_predict_of_a_checkpoint_does_not_export_again(tmp_path, monkeypa
     first = capsys.readouterr().err
     assert main(["predict", str(ckpt), str(image), "--out", str(tmp_path / "b")]) == 0
     second = capsys.readouterr().err
-    assert "model: onnxruntime" in first and "exported in" in first
+    assert "backend onnxruntime" in first and "exported in" in first
     assert "cached export found in" in second
     assert f"{os.environ['FCNKIT_CACHE']}/onnx/" in second  # the documented place
     a = np.asarray(Image.open(tmp_path / "a" / "frame.png"))

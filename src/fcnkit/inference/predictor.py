@@ -129,7 +129,8 @@ def to_rgb_tensor(image: str | os.PathLike[str] | Image.Image | np.ndarray | Ten
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise DataError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.uint8)
+        image = np.ascontiguousarray(image) if image.flags.writeable else image.copy()  # e.g. np.asarray(PIL image)
+        return torch.from_numpy(image).permute(2, 0, 1).to(torch.uint8)
     if isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3:
         return image
     raise TypeError(f"cannot read an image from {type(image).__name__}")
