@@ -103,7 +103,9 @@ def test_eval_predict_serve_predictor_and_onnx_give_one_miou(trained, tmp_path, 
     root, out = trained
     best = out / "best.pth"
     model = fcnkit.load_checkpoint(best).eval()
-    read = lambda s: torch.from_numpy(np.array(Image.open(root / "images" / "val" / f"{s}.png").convert("RGB")))
+
+    def read(s):
+        return torch.from_numpy(np.array(Image.open(root / "images" / "val" / f"{s}.png").convert("RGB")))
 
     def by_hand(s, passes):
         rgb = read(s).permute(2, 0, 1)
