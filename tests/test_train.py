@@ -167,10 +167,14 @@ def test_train_writes_run_dir_and_eval_prints_metrics(folder_data, tmp_path, cap
     # the matrix behind the pictures counts every labelled pixel once
     labelled = sum(int((val_set.load(i)["label"] != val_set.ignore_index).sum()) for i in range(len(val_set)))
     assert int(metrics.matrix.sum()) == labelled and metrics.matrix.shape == (3, 3)
-    # a fresh (not resumed) run in the same directory starts a new log instead of appending to the old one
+    # a fresh (not resumed) run where a run lives goes to a new folder; the earlier run's files stay as they were
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     again = train(tiny_config(folder_data, out, "resume=false", "schedule.epochs=1", "pictures=0"))
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert again.run_dir == out.with_name("run-2")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    records = [json.loads(line) for line in (again.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss_total" in r] == list(range(1, again.steps + 1))
+    assert yaml.safe_load((again.run_dir / "config.yaml").read_text())["output_dir"] == str(again.run_dir)
 
 
 def test_nan_loss_stops_names_step_and_keeps_last_good_checkpoint(folder_data, tmp_path):
@@ -195,7 +199,10 @@ def test_nan_loss_stops_names_step_and_keeps_last_good_checkpoint(folder_data, t
     assert ckpt["progress"]["step"] == int(diverged) - 1 >= 1
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     # a NaN loss before any checkpoint (a NaN class weight: the first loss is NaN) says so instead of naming a file
-    fresh = tiny_config(folder_data, tmp_path / "nan_fresh", "loss.class_weights=[.nan, 1.0, 1.0]")
+    with pytest.raises(ConfigError, match="class_weights must be finite"):  # a recipe is refused when read
+        tiny_config(folder_data, tmp_path / "nan_fresh", "loss.class_weights=[.nan, 1.0, 1.0]")
+    fresh = tiny_config(folder_data, tmp_path / "nan_fresh")
+    fresh.loss.class_weights = [math.nan, 1.0, 1.0]  # library use past the loader: the loop still stops
     with pytest.raises(
         TrainingDiverged,
         match=r"loss became nan at step 1 \(epoch 1, batch 1\); training stopped "

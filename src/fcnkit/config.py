@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -405,10 +407,121 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.data.finish_scale_range is not None and len(cfg.data.finish_scale_range) != 2:
         raise ConfigError(f"data.finish_scale_range must be [low, high], got {cfg.data.finish_scale_range}")
+    d = cfg.data
+    validate_augmentation(d.scale_range, d.hflip, d.color_jitter, d.gamma_jitter)
+    if d.finish_scale_range is not None:
+        validate_augmentation(d.finish_scale_range, d.hflip, d.color_jitter, d.gamma_jitter, "data.finish_")
+    validate_mixing(d.mosaic, d.cutmix, d.mixup, d.mix_alpha)
+    validate_loss(cfg.loss)
+    validate_optim(cfg.optim)
+    validate_schedule(cfg.schedule)
     validate_inference(cfg.test, "test.")
-    budget = cfg.schedule.budget_minutes
-    if budget is not None and not budget > 0:
-        raise ConfigError(f"schedule.budget_minutes must be > 0 (or null), got {budget}")
+    _require(cfg.ema_decay is None or 0.0 < cfg.ema_decay < 1.0, f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
+    _require(cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0, "clip_grad_norm must be > 0 (or null)")
+    for key in ("eval_every", "checkpoint_every", "pictures", "ema_warmup_steps"):
+        _require(getattr(cfg, key) >= 0, f"{key} must be >= 0, got {getattr(cfg, key)}")
+    _require(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")
+    _require(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps must be >= 1 (or null), got {cfg.max_steps}")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_augmentation(
+    scale_range: Sequence[float] | None, hflip: float, color_jitter: float, gamma_jitter: float, prefix: str = "data."
+) -> None:
+    """Ranges of the training augmentation (also checked by :class:`fcnkit.data.TrainTransform` itself)."""
+    _require(
+        scale_range is None or (len(scale_range) == 2 and 0 < scale_range[0] <= scale_range[1]),
+        f"{prefix}scale_range must be [low, high] with 0 < low <= high, got {scale_range}",
+    )
+    _require(0.0 <= hflip <= 1.0, f"data.hflip is a probability in [0, 1], got {hflip}")
+    _require(0.0 <= color_jitter < 1.0, f"data.color_jitter must be in [0, 1), got {color_jitter}")
+    _require(
+        0.0 <= gamma_jitter <= 4.0,
+        f"data.gamma_jitter must be in [0, 4] (gamma from 1 / (1 + g) to 1 + g), got {gamma_jitter}",
+    )
+
+
+def validate_mixing(mosaic: float, cutmix: float, mixup: float, alpha: float) -> None:
+    """Batch mixing probabilities (also checked by :class:`fcnkit.data.mixing.BatchMixer`)."""
+    probabilities = {"mosaic": mosaic, "cutmix": cutmix, "mixup": mixup}
+    for name, p in probabilities.items():
+        _require(0.0 <= p <= 1.0, f"data.{name} is a probability in [0, 1], got {p}")
+    _require(
+        sum(probabilities.values()) <= 1.0 + 1e-9,
+        f"data.mosaic + data.cutmix + data.mixup must not exceed 1 (one per batch), got {probabilities}",
+    )
+    _require(alpha > 0, f"data.mix_alpha must be > 0, got {alpha}")
+
+
+def validate_loss(loss: LossConfig) -> None:
+    """The loss settings (also checked by :class:`fcnkit.losses.SegmentationLoss`)."""
+    terms = {
+        "ce": loss.ce_weight,
+        "dice": loss.dice_weight,
+        "tversky": loss.tversky_weight,
+        "focal": loss.focal_weight,
+        "lovasz": loss.lovasz_weight,
+    }
+    _require(
+        min(terms.values()) >= 0 and any(terms.values()),
+        f"loss term weights must be >= 0 and not all 0, got {terms}",
+    )
+    extra = [k for k, w in terms.items() if w > 0 and k != "ce"]
+    _require(
+        not (extra and loss.reduction == "sum"),
+        f"loss terms {extra} are means: use them with loss.reduction 'mean', not 'sum'",
+    )
+    _require(
+        min(loss.tversky_alpha, loss.tversky_beta) >= 0 and loss.focal_gamma >= 0,
+        "tversky_alpha, tversky_beta and focal_gamma must be >= 0",
+    )
+    _require(loss.aux_weight >= 0, f"loss.aux_weight must be >= 0, got {loss.aux_weight}")
+    _require(loss.se_weight >= 0, f"loss.se_weight must be >= 0, got {loss.se_weight}")
+    _require(0.0 <= loss.label_smoothing < 1.0, f"loss.label_smoothing must be in [0, 1), got {loss.label_smoothing}")
+    _require(
+        loss.ohem_thresh is None or 0.0 < loss.ohem_thresh <= 1.0,
+        f"loss.ohem_thresh is a probability in (0, 1] (or null), got {loss.ohem_thresh}",
+    )
+    weights = loss.class_weights
+    if isinstance(weights, list):
+        _require(
+            bool(weights) and all(math.isfinite(w) and w >= 0 for w in weights),
+            f"loss.class_weights must be finite and >= 0, got {weights}",
+        )
+
+
+def validate_optim(o: OptimConfig) -> None:
+    """The optimiser settings (also checked by :func:`fcnkit.engine.optim.build_optimizer`)."""
+    _require(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    _require(0.0 <= o.momentum < 1.0, f"optim.momentum must be in [0, 1), got {o.momentum}")
+    _require(
+        len(o.betas) == 2 and all(0.0 <= b < 1.0 for b in o.betas),
+        f"optim.betas must be two values in [0, 1), got {o.betas}",
+    )
+    _require(not (o.nesterov and o.name != "sgd"), "nesterov applies to 'sgd' only")
+    for key in ("bias_lr_mult", "head_lr_mult"):
+        _require(getattr(o, key) > 0, f"optim.{key} must be > 0, got {getattr(o, key)}")
+
+
+def validate_schedule(s: ScheduleConfig) -> None:
+    """The schedule settings (also checked by :func:`fcnkit.engine.optim.build_scheduler`)."""
+    _require(s.epochs >= 1, f"schedule.epochs must be >= 1, got {s.epochs}")
+    _require(s.iterations is None or s.iterations >= 1, f"schedule.iterations must be >= 1, got {s.iterations}")
+    budget = s.budget_minutes
+    _require(budget is None or budget > 0, f"schedule.budget_minutes must be > 0 (or null), got {budget}")
+    _require(
+        s.name != "step" or (s.step_size is not None and s.step_size >= 1),
+        f"schedule 'step' needs step_size >= 1, got {s.step_size}",
+    )
+    _require(s.warmup_steps >= 0, f"warmup_steps must be >= 0, got {s.warmup_steps}")
+    _require(0.0 < s.warmup_start_factor <= 1.0, f"warmup_start_factor must be in (0, 1], got {s.warmup_start_factor}")
+    _require(0.0 <= s.min_lr_factor <= 1.0, f"min_lr_factor must be in [0, 1], got {s.min_lr_factor}")
+    _require(s.power > 0, f"power must be > 0, got {s.power}")
 
 
 def validate_inference(cfg: InferenceConfig, prefix: str = "") -> None:

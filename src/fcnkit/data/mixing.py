@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fcnkit.errors import ConfigError
+from fcnkit.config import validate_mixing
 
 __all__ = ["BatchMixer", "cutmix", "mixup", "mosaic"]
 
@@ -98,16 +98,8 @@ class BatchMixer:
     def __init__(
         self, mosaic: float = 0.0, cutmix: float = 0.0, mixup: float = 0.0, alpha: float = 1.0, ignore_index: int = 255
     ) -> None:
+        validate_mixing(mosaic, cutmix, mixup, alpha)
         probabilities = {"mosaic": mosaic, "cutmix": cutmix, "mixup": mixup}
-        for name, p in probabilities.items():
-            if not 0.0 <= p <= 1.0:
-                raise ConfigError(f"data.{name} is a probability in [0, 1], got {p}")
-        if sum(probabilities.values()) > 1.0 + 1e-9:
-            raise ConfigError(
-                f"data.mosaic + data.cutmix + data.mixup must not exceed 1 (one per batch), got {probabilities}"
-            )
-        if alpha <= 0:
-            raise ConfigError(f"data.mix_alpha must be > 0, got {alpha}")
         self.probabilities, self.alpha, self.ignore_index = probabilities, float(alpha), ignore_index
 
     @property

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-from fcnkit.config import DataConfig
+from fcnkit.config import DataConfig, validate_augmentation
 from fcnkit.errors import ConfigError, DataError
 from fcnkit.preprocessing import Preprocessing
 from fcnkit.utils import as_pair
@@ -90,14 +90,7 @@ class TrainTransform:
         ignore_index: int = 255,
         generator: torch.Generator | None = None,
     ) -> None:
-        if scale_range is not None and not 0 < scale_range[0] <= scale_range[1]:
-            raise ConfigError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
-        if not 0.0 <= hflip <= 1.0:
-            raise ConfigError(f"hflip is a probability in [0, 1], got {hflip}")
-        if not 0.0 <= color_jitter < 1.0:
-            raise ConfigError(f"color_jitter must be in [0, 1), got {color_jitter}")
-        if not 0.0 <= gamma_jitter <= 4.0:
-            raise ConfigError(f"gamma_jitter must be in [0, 4] (gamma from 1 / (1 + g) to 1 + g), got {gamma_jitter}")
+        validate_augmentation(scale_range, hflip, color_jitter, gamma_jitter)
         self.preprocessing = preprocessing
         self.crop_size = None if crop_size is None else as_pair(crop_size)
         self.scale_range = scale_range

@@ -28,7 +28,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..config import OptimConfig, OptimizerName, ScheduleConfig, ScheduleName, choices
+from ..config import OptimConfig, OptimizerName, ScheduleConfig, ScheduleName, choices, validate_schedule
 from .clock import BudgetClock
 
 __all__ = [
@@ -306,14 +306,5 @@ def build_scheduler(
         raise ValueError(f"schedule {s.name!r} needs total_steps")
     if total_steps is not None and total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if s.name == "step" and (s.step_size is None or s.step_size < 1):
-        raise ValueError(f"schedule 'step' needs step_size >= 1, got {s.step_size}")
-    if s.warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {s.warmup_steps}")
-    if not 0.0 < s.warmup_start_factor <= 1.0:
-        raise ValueError(f"warmup_start_factor must be in (0, 1], got {s.warmup_start_factor}")
-    if not 0.0 <= s.min_lr_factor <= 1.0:
-        raise ValueError(f"min_lr_factor must be in [0, 1], got {s.min_lr_factor}")
-    if s.power <= 0:
-        raise ValueError(f"power must be > 0, got {s.power}")
+    validate_schedule(s)
     return ScheduledLR(optimizer, LRFactor.from_config(s, total_steps, clock))

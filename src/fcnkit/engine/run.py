@@ -8,6 +8,7 @@ what this builds.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import AmpMode, DataConfig, TrainConfig
+from ..config import AmpMode, DataConfig, TrainConfig, to_dict
 from ..data import SegmentationDataset, TrainTransform, build_dataset, check_dataset, shared_groups
 from ..data.mixing import BatchMixer
 from ..errors import ConfigError, DataError
@@ -30,12 +31,12 @@ from ..models import create_model
 from ..progress import Progress, get_logger
 from ..utils import AMP_DTYPES, resolve_device, tune_malloc
 from .clock import BudgetClock
-from .distributed import DistInfo, ResumableSampler, broadcast_from_main, init_distributed
+from .distributed import DistInfo, ResumableSampler, barrier, broadcast_from_main, init_distributed
 from .ema import ModelEMA
 from .loader import AugmentedSamples, SkippedSamples, build_train_loader, check_command
 from .optim import build_optimizer, build_scheduler
 
-__all__ = ["Run", "RunPaths", "build_run", "resolve_class_weights"]
+__all__ = ["Run", "RunPaths", "build_run", "config_differences", "resolve_class_weights", "run_directory"]
 
 log = get_logger("train")
 
@@ -96,6 +97,86 @@ class Run:
         return self.ema.module if self.ema is not None else self.model
 
 
+#: settings a resumed run may change: they change how the run is carried out or reported, not what it trains
+RESUMABLE_CHANGES = (
+    "output_dir",
+    "resume",
+    "max_steps",
+    "device",
+    "log_every",
+    "checkpoint_every",
+    "pictures",
+    "tensorboard",
+    "data.workers",
+    "data.cache",
+)
+#: what marks a folder as holding a run
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pth", "best.pth")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict) or (prefix and not data):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, new value)`` for each setting of a resolved config that differs from the saved one's,
+    except :data:`RESUMABLE_CHANGES`. A key the saved config lacks (written by an older fcnkit) counts as its
+    default."""
+    old, now, default = _flatten(saved), _flatten(new), _flatten(to_dict(TrainConfig()))
+    keys = sorted(set(old) | set(now))
+    missing = object()
+    changed = []
+    for key in keys:
+        if key in RESUMABLE_CHANGES:
+            continue
+        a, b = old.get(key, default.get(key, missing)), now.get(key, default.get(key, missing))
+        if a != b and not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b)):
+            changed.append((key, None if a is missing else a, None if b is missing else b))
+    return changed
+
+
+def holds_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RUN_FILES)
+
+
+def run_directory(cfg: TrainConfig) -> Path:
+    """Where this run lives, without touching any file: ``output_dir`` to resume it (``resume: true`` and a
+    ``last.pth`` there, written with the same settings: otherwise the differing keys are named and nothing
+    starts) or to start in an empty folder; a folder holding an earlier run is left as it is and the new run goes
+    to the first free ``output_dir-2``, ``-3``... (as Ultralytics names its runs)."""
+    folder = Path(cfg.output_dir)
+    last = folder / "last.pth"
+    if cfg.resume and last.exists():
+        saved = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("config") or {}
+        changed = config_differences(saved, to_dict(cfg))
+        if changed:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changed[:12])
+            more = f" (and {len(changed) - 12} more)" if len(changed) > 12 else ""
+            raise ConfigError(
+                f"{folder} holds a run with other settings, and resuming it would mix the two: {listed}{more}. "
+                f"To go on with that run, use its settings ({folder / 'config.yaml'}); to start a new run with "
+                f"these, add resume=false (it goes to {free_folder(folder)}, the earlier run stays as it is) or "
+                "choose another output_dir"
+            )
+        return folder
+    return free_folder(folder) if holds_run(folder) else folder
+
+
+def free_folder(folder: Path) -> Path:
+    """``folder`` itself when it holds no run, else the first ``folder-N`` (N = 2, 3, ...) that holds none."""
+    if not holds_run(folder):
+        return folder
+    n = 2
+    while holds_run(folder.with_name(f"{folder.name}-{n}")):
+        n += 1
+    return folder.with_name(f"{folder.name}-{n}")
+
+
 def build_run(cfg: TrainConfig) -> Run:
     """Everything of ``cfg`` built, seeded and placed on this rank's device."""
     device = resolve_device(cfg.device)
@@ -105,6 +186,15 @@ def build_run(cfg: TrainConfig) -> Run:
     if cfg.tune_malloc:
         tune_malloc()
     info = init_distributed(device.type)
+    folder = run_directory(cfg)  # every rank reads the same files before rank 0 writes any
+    barrier(info)
+    if str(folder) != cfg.output_dir:
+        if info.is_main:
+            log.warning(
+                f"{cfg.output_dir} holds an earlier run (resume=false, or nothing to resume from); this run goes "
+                f"to {folder} and the earlier one is left as it is"
+            )
+        cfg = dataclasses.replace(cfg, output_dir=str(folder))
     if cfg.sync_bn and info.enabled and device.type != "cuda":
         raise ConfigError("sync_bn needs CUDA: PyTorch's SyncBatchNorm has no CPU implementation")
     if device.type == "cuda" and device.index is None:

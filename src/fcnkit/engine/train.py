@@ -115,8 +115,9 @@ def train(cfg: TrainConfig) -> TrainResult:
 
 
 def resume(run: Run) -> TrainState:
-    """Where the run starts: ``last.pth`` restored into ``run`` when resuming, else a fresh run directory
-    (``config.yaml`` written, an older run's ``metrics.jsonl`` removed)."""
+    """Where the run starts: ``last.pth`` restored into ``run`` when resuming (its settings were compared with
+    these by :func:`~fcnkit.engine.run.run_directory`), else a fresh run directory with ``config.yaml`` (a folder
+    that holds no run: an earlier run's folder is never written into)."""
     state = TrainState()
     paths = run.paths
     if run.cfg.resume and paths.last.exists():
@@ -134,7 +135,6 @@ def resume(run: Run) -> TrainState:
     elif run.dist.is_main:
         paths.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(run.cfg, paths.run_dir / "config.yaml")
-        paths.log.unlink(missing_ok=True)  # a fresh run must not append to an older run's log
     barrier(run.dist)
     run.clock.reset(state.train_seconds)
     return state

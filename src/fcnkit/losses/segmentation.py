@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import LossConfig, Reduction, choices
-from ..errors import ConfigError
+from ..config import LossConfig, Reduction, choices, validate_loss
 from .region import dice_loss, focal_loss, lovasz_softmax_loss, tversky_loss
 
 __all__ = [
@@ -113,13 +112,15 @@ class SegmentationLoss(nn.Module):
             "focal": float(focal_weight),
             "lovasz": float(lovasz_weight),
         }
-        if min(self.term_weights.values()) < 0 or not any(self.term_weights.values()):
-            raise ConfigError(f"loss term weights must be >= 0 and not all 0, got {self.term_weights}")
-        extra = [k for k, w in self.term_weights.items() if w > 0 and k != "ce"]
-        if extra and reduction == "sum":
-            raise ConfigError(f"loss terms {extra} are means: use them with loss.reduction 'mean', not 'sum'")
-        if min(tversky_alpha, tversky_beta) < 0 or focal_gamma < 0:
-            raise ConfigError("tversky_alpha, tversky_beta and focal_gamma must be >= 0")
+        validate_loss(
+            LossConfig(
+                reduction=reduction,  # type: ignore[arg-type]
+                **{f"{k}_weight": v for k, v in self.term_weights.items()},
+                tversky_alpha=tversky_alpha,
+                tversky_beta=tversky_beta,
+                focal_gamma=focal_gamma,
+            )
+        )
         self.tversky_alpha, self.tversky_beta, self.focal_gamma = float(tversky_alpha), float(tversky_beta), focal_gamma
         if aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
