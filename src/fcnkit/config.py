@@ -105,6 +105,10 @@ class DataConfig:
     #: a training sample that cannot be read (corrupt image, missing or bad label): "raise" stops training with
     #: the file's name; "skip" leaves it out of its batch, warns once per file and records it in metrics.jsonl
     on_error: OnError = "raise"
+    #: before the first step, read every training label once (no image is decoded) and stop when a declared class
+    #: has no pixel while the ignore value covers a large share (a 0/255 mask whose foreground would be ignored:
+    #: the error names the classes.yaml line that fixes it)
+    check_labels: bool = True
 
 
 @dataclass

@@ -22,7 +22,7 @@ from fcnkit.data import folder as _folder  # noqa: F401  (registers folder)
 from fcnkit.data import pcontext as _pcontext  # noqa: F401  (registers pascal_context)
 from fcnkit.data import voc as _voc  # noqa: F401  (registers voc2012, sbd, voc_trainaug, seg11valid)
 from fcnkit.data.base import DATASETS, SampleFiles, SegmentationDataset, select_groups, shared_groups, voc_palette
-from fcnkit.data.check import DatasetReport, check_dataset
+from fcnkit.data.check import DatasetReport, check_dataset, label_report, label_traps
 from fcnkit.data.io import DataError, PathLike, decode_image, read_image, read_label
 from fcnkit.data.transforms import EvalTransform, TrainTransform, pad_collate
 
@@ -52,6 +52,8 @@ __all__ = [
     "build_dataset",
     "check_dataset",
     "decode_image",
+    "label_report",
+    "label_traps",
     "list_datasets",
     "pad_collate",
     "read_image",

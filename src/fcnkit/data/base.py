@@ -180,6 +180,22 @@ class SegmentationDataset(torch.utils.data.Dataset):
             sample["label"] = label
         return sample
 
+    def load_label(self, index: int) -> Tensor | None:
+        """The label of sample ``index`` alone (mapped and checked; None for an unlabelled sample): what a pass
+        over the labels needs, without decoding the image."""
+        if self._cache is not None:
+            return self.load(index).get("label")
+        files = self.samples[index]
+        if files.label is None:
+            return None
+        if not files.label.is_file():
+            raise DataError(f"label file missing for sample {files.name!r}: {files.label}")
+        label = self.label_reader(files.label)
+        if self.label_map is not None:
+            label = self._apply_label_map(label, files.label)
+        self._check_values(label, files.label)
+        return label
+
     def _read(self, index: int) -> Sample:
         """Sample ``index`` read from its files and checked."""
         files = self.samples[index]

@@ -81,6 +81,91 @@ class DatasetReport:
         return "\n".join(lines)
 
 
+#: a declared class with no pixel is a trap (masks storing it under the ignore value) when the ignore value
+#: covers at least this share of the labelled pixels
+IGNORED_SHARE_TRAP = 5.0
+
+
+def label_traps(report: DatasetReport, where: str) -> list[str]:
+    """What in ``report`` says the labels do not mean what the class list says, each with the fix named.
+
+    The trap: declared classes with no pixel at all while the ignore value covers a large share of the labelled
+    pixels (at least :data:`IGNORED_SHARE_TRAP` %). The usual cause is a binary mask saved as 0/255 with classes
+    ``[background, foreground]``: 255 is the default ``ignore_index``, so every foreground pixel would be ignored,
+    the model would learn one class and its mIoU would look excellent. The fix is a ``label_map`` line in
+    ``classes.yaml`` (folder format) that sends the stored value to the class index."""
+    if not report.class_pixels or report.labelled_pixels == 0 or report.ignored_percent < IGNORED_SHARE_TRAP:
+        return []
+    absent = [i for i, n in enumerate(report.class_pixels) if n == 0]
+    if not absent:
+        return []
+    names = report.class_names
+    listed = ", ".join(f"{names[i]!r} (index {i})" if i < len(names) else f"index {i}" for i in absent)
+    ignore = report.ignore_index
+    head = (
+        f"{where}: {'class' if len(absent) == 1 else 'classes'} {listed} {'has' if len(absent) == 1 else 'have'} no "
+        f"pixel, while {report.ignored_percent:.2f}% of the labelled pixels hold {ignore}, the ignore_index. Masks "
+        f"saved as 0/{ignore} store the foreground as {ignore}, which training would ignore."
+    )
+    if len(absent) == 1:
+        fix = (
+            f" If {ignore} marks {names[absent[0]]!r}, add this line to classes.yaml:\n"
+            f"    label_map: {{{ignore}: {absent[0]}}}\n"
+            f"If {ignore} really marks pixels to ignore, that class has no labelled pixel here: remove it from "
+            "'classes' (or check that this split holds the right masks)."
+        )
+    else:
+        fix = (
+            f" Send each stored value to its class with a label_map line in classes.yaml, e.g. "
+            f"label_map: {{{ignore}: {absent[0]}}} (values seen: {' '.join(map(str, report.label_values))}); or "
+            "remove the classes that have no labelled pixel from 'classes'."
+        )
+    return [head + fix]
+
+
+def label_report(dataset: SegmentationDataset) -> DatasetReport:
+    """Class and ignored pixel counts from the labels alone (no image decoded): the pass training makes to stop
+    on :func:`label_traps` before the first step. Unreadable labels are listed in ``errors``."""
+    report = DatasetReport(
+        num_samples=len(dataset),
+        ignore_index=dataset.ignore_index,
+        class_names=list(dataset.classes),
+        class_pixels=[0] * dataset.num_classes,
+    )
+    class_pixels = torch.zeros(dataset.num_classes, dtype=torch.int64)
+    values: set[int] = set()
+    for index in range(len(dataset)):
+        report.num_checked += 1
+        try:
+            label = dataset.load_label(index)
+        except DataError as exc:
+            report.errors.append(str(exc))
+            continue
+        if label is None:
+            report.num_unlabelled += 1
+            continue
+        _count(label, dataset, report, class_pixels, values)
+    report.label_values = sorted(values)
+    report.class_pixels = class_pixels.tolist()
+    return report
+
+
+def _count(
+    label: torch.Tensor, dataset: SegmentationDataset, report: DatasetReport, class_pixels: torch.Tensor, values: set
+) -> None:
+    # load() has already rejected values other than classes and the ignore index, so one bincount
+    # over the rest gives both the class counts and the values present (cheaper than torch.unique).
+    label = label.long()
+    ignored = label == dataset.ignore_index
+    num_ignored = int(ignored.sum())
+    counts = torch.bincount(label[~ignored], minlength=dataset.num_classes)
+    values.update(torch.nonzero(counts).flatten().tolist())
+    if num_ignored:
+        values.add(dataset.ignore_index)
+    report.ignored_pixels += num_ignored
+    class_pixels += counts
+
+
 def check_dataset(dataset: SegmentationDataset, max_samples: int | None = None) -> DatasetReport:
     """Load the first ``max_samples`` samples (all by default) without the dataset's transform.
 
@@ -111,16 +196,7 @@ def check_dataset(dataset: SegmentationDataset, max_samples: int | None = None) 
         if label is None:
             report.num_unlabelled += 1
             continue
-        # load() has already rejected values other than classes and the ignore index, so one bincount
-        # over the rest gives both the class counts and the values present (cheaper than torch.unique).
-        ignored = label == dataset.ignore_index
-        num_ignored = int(ignored.sum())
-        counts = torch.bincount(label[~ignored], minlength=dataset.num_classes)
-        values.update(torch.nonzero(counts).flatten().tolist())
-        if num_ignored:
-            values.add(dataset.ignore_index)
-        report.ignored_pixels += num_ignored
-        class_pixels += counts
+        _count(label, dataset, report, class_pixels, values)
     report.label_values = sorted(values)
     report.class_pixels = class_pixels.tolist()
     return report

@@ -17,10 +17,19 @@ unlabelled (for inference). ``classes.yaml``::
     colors: [[0, 0, 0], [128, 64, 128], [64, 0, 128]]   # optional, one per class
     ignore_index: 255                     # optional, default 255
     ignore_colors: [[255, 255, 255]]      # optional, colours of void pixels in RGB masks
+    label_map: {255: 1}                   # optional: stored mask value -> class index (or ignore_index)
+    color_tolerance: 8                    # optional: RGB masks saved as JPEG, colours this far off still match
 
 Masks are index PNGs (palette or grayscale, pixel = class index or ignore_index) or, when ``colors`` is
 given, RGB images whose colours are translated through it; a colour in neither ``colors`` nor
 ``ignore_colors`` raises an error listing it and the file.
+
+``label_map`` is for masks whose values are not class indices: a binary mask saved as 0/255 (lesions, cracks,
+buildings) with ``classes: [background, lesion]`` needs ``label_map: {255: 1}``, or 255, the default
+``ignore_index``, would hide every foreground pixel (``fcnkit data check`` and training stop on that and name this
+line). Values the map does not name keep their value. ``color_tolerance`` (0 by default) lets an RGB mask pixel
+match the declared colour nearest to it when no channel is more than that many levels off, as JPEG compression
+leaves them; a colour farther from every declared one is still an error.
 
 **Groups** keep frames of one video (tiles of one scene, slices of one patient) on one side of a split. A
 sample's group comes from ``root/groups.txt`` (lines ``<stem> <group>``) when that file exists, else from
@@ -53,7 +62,7 @@ from fcnkit.registry import close_matches
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
-_CLASS_KEYS = ("classes", "colors", "ignore_index", "ignore_colors")
+_CLASS_KEYS = ("classes", "colors", "ignore_index", "ignore_colors", "label_map", "color_tolerance")
 
 
 def load_class_file(root: PathLike) -> dict[str, Any]:
@@ -88,7 +97,42 @@ def load_class_file(root: PathLike) -> dict[str, Any]:
     if colors is not None and len(colors) != len(classes):
         raise DataError(f"{path}: 'colors' has {len(colors)} entries for {len(classes)} classes")
     ignore_colors = _colour_list(spec.get("ignore_colors"), path, "ignore_colors") or []
-    return {"classes": classes, "colors": colors, "ignore_index": ignore_index, "ignore_colors": ignore_colors}
+    label_map = spec.get("label_map")
+    if label_map is not None:
+        ok = isinstance(label_map, dict) and all(
+            isinstance(k, int)
+            and 0 <= k <= 65535
+            and isinstance(v, int)
+            and (0 <= v < len(classes) or v == ignore_index)
+            for k, v in label_map.items()
+        )
+        if not ok:
+            raise DataError(
+                f"{path}: 'label_map' must map stored mask values (0-65535) to class indices 0..{len(classes) - 1} "
+                f"or the ignore_index {ignore_index}, e.g. label_map: {{255: 1}}; got {label_map!r}"
+            )
+        if colors is not None:
+            raise DataError(f"{path}: 'label_map' is for index masks; RGB masks are mapped by 'colors'")
+    tolerance = spec.get("color_tolerance", 0)
+    if not isinstance(tolerance, int) or not 0 <= tolerance <= 64:
+        raise DataError(f"{path}: 'color_tolerance' must be an integer 0-64 (levels per channel), got {tolerance!r}")
+    return {
+        "classes": classes,
+        "colors": colors,
+        "ignore_index": ignore_index,
+        "ignore_colors": ignore_colors,
+        "label_map": label_map,
+        "color_tolerance": tolerance,
+    }
+
+
+def lookup_table(label_map: dict[int, int], ignore_index: int) -> list[int]:
+    """``label_map`` as the dataset's lookup table: identity for the values it does not name."""
+    size = max(256, ignore_index + 1, *(k + 1 for k in label_map))
+    table = list(range(size))
+    for stored, index in label_map.items():
+        table[stored] = index
+    return table
 
 
 def _colour_list(value: Any, path: Path, key: str) -> list[RGB] | None:
@@ -200,13 +244,15 @@ def folder(
         colour_map = {colour: index for index, colour in enumerate(spec["colors"])}
         for colour in spec["ignore_colors"]:
             colour_map.setdefault(colour, spec["ignore_index"])
+    label_map = spec["label_map"]
     return SegmentationDataset(
         samples,
         spec["classes"],
         ignore_index=spec["ignore_index"],
         palette=spec["colors"],
+        label_map=lookup_table(label_map, spec["ignore_index"]) if label_map else None,
         transform=transform,
-        label_reader=functools.partial(read_label, colors=colour_map),
+        label_reader=functools.partial(read_label, colors=colour_map, tolerance=spec["color_tolerance"]),
         split=split,
         source=source,
     )

@@ -150,13 +150,14 @@ def _rgb_tensor(img: Image.Image, name: str) -> Tensor:
 # --- labels ------------------------------------------------------------------------------------------
 
 
-def read_label(path: PathLike, colors: Mapping[RGB, int] | None = None) -> Tensor:
+def read_label(path: PathLike, colors: Mapping[RGB, int] | None = None, tolerance: int = 0) -> Tensor:
     """Read a label map: ``int64`` tensor ``(H, W)`` of the stored values (class indices / ignore value).
 
     * palette PNG (mode ``P``, as VOC ships them): the palette *indices*, not the colours;
     * 8-bit (``L``) and 16-bit (``I;16``, ``I``) grayscale: the pixel values;
-    * RGB / RGBA colour masks: only when ``colors`` maps every colour present to a value; an unmapped
-      colour raises :class:`DataError` listing the colours and the file;
+    * RGB / RGBA colour masks: only when ``colors`` maps every colour present to a value (or to within
+      ``tolerance`` levels per channel, see :func:`colors_to_label`); an unmapped colour raises
+      :class:`DataError` listing the colours and the file;
     * ``.mat`` files: SBD's ``GTcls.Segmentation`` (see :func:`read_sbd_label`).
 
     The EXIF orientation is applied like for images, so an image and its mask that carry the same tag
@@ -177,14 +178,20 @@ def read_label(path: PathLike, colors: Mapping[RGB, int] | None = None) -> Tenso
                 "Save masks as index PNGs (palette 'P' or grayscale 'L'), or use the 'folder' dataset "
                 "with 'colors' in classes.yaml."
             )
-        return colors_to_label(np.array(img.convert("RGB")), colors, path)
+        return colors_to_label(np.array(img.convert("RGB")), colors, path, tolerance)
     else:
         raise DataError(f"unsupported label image mode {img.mode!r} in {path}; expected an index PNG ('P' or 'L')")
     return torch.from_numpy(values.astype(np.int64))
 
 
-def colors_to_label(rgb: np.ndarray, colors: Mapping[RGB, int], path: PathLike = "<array>") -> Tensor:
-    """Map an RGB mask ``(H, W, 3)`` uint8 to values ``(H, W)`` int64 through ``colors`` (colour -> value)."""
+def colors_to_label(
+    rgb: np.ndarray, colors: Mapping[RGB, int], path: PathLike = "<array>", tolerance: int = 0
+) -> Tensor:
+    """Map an RGB mask ``(H, W, 3)`` uint8 to values ``(H, W)`` int64 through ``colors`` (colour -> value).
+
+    A colour that is not in ``colors`` takes the value of the nearest one when no channel differs by more than
+    ``tolerance`` (JPEG-compressed masks); otherwise it is an error that lists the colours, and says so when they
+    are all near declared ones (what a JPEG mask looks like)."""
     # Pack each colour into one integer so the lookup is a sorted search instead of a per-pixel dict.
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2].astype(np.int64)
     known = np.array(sorted((r << 16) | (g << 8) | b for r, g, b in colors), dtype=np.int64)
@@ -192,18 +199,30 @@ def colors_to_label(rgb: np.ndarray, colors: Mapping[RGB, int], path: PathLike =
     values = np.array([by_code[int(c)] for c in known], dtype=np.int64)
     pos = np.clip(np.searchsorted(known, codes), 0, max(len(known) - 1, 0))
     hit = known[pos] == codes if len(known) else np.zeros(codes.shape, dtype=bool)
-    if not hit.all():
-        unknown, counts = np.unique(codes[~hit], return_counts=True)
-        listed = ", ".join(
-            f"({c >> 16}, {(c >> 8) & 255}, {c & 255}) x{n}"
-            for c, n in zip(unknown[:10].tolist(), counts[:10].tolist(), strict=True)
+    if hit.all():
+        return torch.from_numpy(values[pos])
+    out = values[pos]
+    unknown, inverse, counts = np.unique(codes[~hit], return_inverse=True, return_counts=True)
+    channels = np.stack([unknown >> 16, (unknown >> 8) & 255, unknown & 255], 1)
+    declared = np.stack([known >> 16, (known >> 8) & 255, known & 255], 1)
+    distance = np.abs(channels[:, None, :] - declared[None, :, :]).max(-1)  # (unknown, known): worst channel
+    nearest, gap = distance.argmin(1), distance.min(1)
+    if tolerance and (gap <= tolerance).all():
+        out[~hit] = values[nearest][inverse]
+        return torch.from_numpy(out)
+    far = gap > tolerance
+    listed = ", ".join(
+        f"({c >> 16}, {(c >> 8) & 255}, {c & 255}) x{n}"
+        for c, n in zip(unknown[far][:10].tolist(), counts[far][:10].tolist(), strict=True)
+    )
+    more = f" and {int(far.sum()) - 10} more" if far.sum() > 10 else ""
+    hint = "Add them to 'colors' (or to 'ignore_colors' for void pixels) in classes.yaml."
+    if gap.max() <= 32:
+        hint = (
+            f"Every one is within {int(gap.max())} levels of a declared colour, as in a mask saved as JPEG (lossy): "
+            f"save masks as PNG, or add 'color_tolerance: {max(int(gap.max()), 1)}' to classes.yaml."
         )
-        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-        raise DataError(
-            f"label {path} contains colours that are not in the colour map: {listed}{more}. "
-            "Add them to 'colors' (or to 'ignore_colors' for void pixels) in classes.yaml."
-        )
-    return torch.from_numpy(values[pos])
+    raise DataError(f"label {path} contains colours that are not in the colour map: {listed}{more}. {hint}")
 
 
 def read_sbd_label(path: PathLike) -> Tensor:

@@ -23,7 +23,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import AmpMode, DataConfig, TrainConfig, to_dict
-from ..data import SegmentationDataset, TrainTransform, build_dataset, check_dataset, shared_groups
+from ..data import (
+    SegmentationDataset,
+    TrainTransform,
+    build_dataset,
+    check_dataset,
+    label_report,
+    label_traps,
+    shared_groups,
+)
 from ..data.mixing import BatchMixer
 from ..errors import ConfigError, DataError
 from ..losses import SegmentationLoss, class_weights_from_counts
@@ -217,6 +225,8 @@ def build_run(cfg: TrainConfig) -> Run:
             "in training, so val mIoU measures memory more than generalisation. Hold out whole groups: "
             "data.options.exclude_groups / data.val_options.groups (see README, 'Validation that does not leak')"
         )
+    if cfg.data.check_labels:
+        _stop_on_label_traps(train_set, cfg.data)
     num_classes = cfg.model.num_classes or train_set.num_classes
     model = create_model(cfg.model.name, num_classes=num_classes, weights=cfg.model.weights, **cfg.model.options)
     model.classes = list(train_set.classes)
@@ -285,6 +295,17 @@ def _datasets(d: DataConfig) -> tuple[SegmentationDataset, SegmentationDataset]:
     val_options = d.val_options if d.val_options is not None else d.options
     val_set = build_dataset(d.val_name or d.name, d.val_root or d.root, d.val_split, **val_options)
     return train_set, val_set
+
+
+def _stop_on_label_traps(dataset: SegmentationDataset, d: DataConfig) -> None:
+    """One pass over the training labels (``data.check_labels``); a class whose pixels the masks hide under the
+    ignore value stops the run before the first step, with the fix named."""
+    start = time.perf_counter()
+    report = label_report(dataset)
+    traps = label_traps(report, f"{d.name}/{d.train_split}")
+    if traps:
+        raise DataError(traps[0] + " (data.check_labels=false skips this check)")
+    log.info(f"training labels checked: {len(dataset)} masks in {time.perf_counter() - start:.1f} s")
 
 
 def _cache(dataset: SegmentationDataset, info: DistInfo) -> None:
