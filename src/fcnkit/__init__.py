@@ -14,7 +14,7 @@ Layers, top to bottom; each imports only those below it (an import-linter contra
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import FcnkitError
 from .inference import Predictor, optimize_for_inference
-from .models import create_model, init_from, list_models, list_weights
+from .models import create_model, finetune_from, init_from, list_models, list_weights
 from .preprocessing import CAFFE_BGR, IMAGENET, Preprocessing
 from .version import __version__
 
@@ -26,6 +26,7 @@ __all__ = [
     "Preprocessing",
     "__version__",
     "create_model",
+    "finetune_from",
     "init_from",
     "list_models",
     "list_weights",

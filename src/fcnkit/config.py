@@ -56,6 +56,10 @@ class ModelConfig:
     weights: str | None = None
     #: the factory's options, e.g. {backbone: resnet18, aux: true, backbone_weights: imagenet}
     options: dict[str, Any] = field(default_factory=dict)
+    #: fine-tuning: start from another model's weights (an fcnkit checkpoint, "<model>.<weights tag>" or a
+    #: torchvision / torchfcn file): every tensor whose name and shape match is loaded, classifier layers made
+    #: for another class count keep their initialisation, any other mismatch is an error (fcnkit.finetune_from)
+    init_from: str | None = None
 
 
 @dataclass

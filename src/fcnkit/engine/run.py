@@ -35,7 +35,7 @@ from ..data import (
 from ..data.mixing import BatchMixer
 from ..errors import ConfigError, DataError
 from ..losses import SegmentationLoss, class_weights_from_counts
-from ..models import create_model
+from ..models import create_model, finetune_from
 from ..progress import Progress, get_logger
 from ..utils import AMP_DTYPES, resolve_device, tune_malloc
 from .clock import BudgetClock
@@ -229,6 +229,10 @@ def build_run(cfg: TrainConfig) -> Run:
         _stop_on_label_traps(train_set, cfg.data)
     num_classes = cfg.model.num_classes or train_set.num_classes
     model = create_model(cfg.model.name, num_classes=num_classes, weights=cfg.model.weights, **cfg.model.options)
+    if cfg.model.init_from:
+        report = finetune_from(model, cfg.model.init_from)
+        if info.is_main:
+            log.info(report.format())
     model.classes = list(train_set.classes)
     model.palette = [tuple(c) for c in train_set.palette] if train_set.palette else None
     transform = TrainTransform.from_config(model.preprocessing, cfg.data, train_set.ignore_index)

@@ -21,16 +21,18 @@ from torch import nn
 from . import fastfcn, resnet_fcn, timm_fcn, vgg_fcn  # noqa: F401  (fill the registry)
 from .segmenter import Backbone, FeatureInfo, Segmenter
 from .weights import MODEL_WEIGHTS, list_weights, resolve
-from .zoo import MODELS, infer_num_classes, init_from, load_model_weights, set_metadata
+from .zoo import MODELS, FinetuneReport, finetune_from, infer_num_classes, init_from, load_model_weights, set_metadata
 
 __all__ = [
     "MODELS",
     "Backbone",
     "FeatureInfo",
+    "FinetuneReport",
     "Segmenter",
     "count_parameters",
     "create_model",
     "describe_model",
+    "finetune_from",
     "init_from",
     "list_models",
     "list_weights",

@@ -6,6 +6,7 @@ import functools
 import inspect
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -107,6 +108,81 @@ def init_from(model: Segmenter, source: nn.Module | str | os.PathLike[str]) -> l
     if not copied:
         raise CheckpointError("init_from: the source shares no parameter names with this model")
     return copied
+
+
+#: the modules whose layers depend on the class count (torchvision's names, kept by every fcnkit model)
+CLASSIFIER_PREFIXES = ("classifier.", "aux_classifier.")
+
+
+@dataclass
+class FinetuneReport:
+    """What :func:`finetune_from` did: tensors copied, tensors left as built because their class count differs
+    (``reinitialised``), the model's tensors the source lacks (``not_in_source``, kept as built) and the
+    source's tensors the model has no place for (``unused``)."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    reinitialised: list[str] = field(default_factory=list)
+    not_in_source: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+        text = f"init_from {self.source}: {len(self.loaded)} tensors loaded"
+        if self.reinitialised:
+            text += f"; re-initialised for another class count: {some(self.reinitialised)}"
+        if self.not_in_source:
+            text += f"; not in the source, kept as built: {some(self.not_in_source)}"
+        if self.unused:
+            text += f"; in the source but not in this model: {some(self.unused)}"
+        return text
+
+
+@torch.no_grad()
+def finetune_from(model: Segmenter, source: str | os.PathLike[str]) -> FinetuneReport:
+    """Start ``model`` from the weights of another model: an fcnkit checkpoint (the weights it was evaluated
+    with), ``"<model>.<weights tag>"`` (e.g. ``fcn_resnet50_d8.coco_voc``) or a torchvision / torchfcn file.
+
+    Every tensor whose name and shape match is copied. The classifier layers (``classifier.*``,
+    ``aux_classifier.*``) whose shapes differ only where this model has ``num_classes`` (another class count)
+    keep this model's own initialisation; a shape that differs anywhere else is an error, as is a source that
+    shares no tensor with the model. The source's preprocessing comes along (the copied weights expect it).
+    """
+    resolved = resolve(source, owner="")
+    state = to_fcnkit_layout(resolved.state_dict, resolved.layout)
+    own = model.state_dict()
+    report = FinetuneReport(str(source))
+    classes = model.num_classes
+    for key, tensor in own.items():
+        if key not in state:
+            report.not_in_source.append(key)
+            continue
+        theirs = state[key]
+        if theirs.shape == tensor.shape:
+            tensor.copy_(theirs)
+            report.loaded.append(key)
+            continue
+        differs = [i for i, (a, b) in enumerate(zip(theirs.shape, tensor.shape, strict=False)) if a != b]
+        if (
+            key.startswith(CLASSIFIER_PREFIXES)
+            and theirs.ndim == tensor.ndim
+            and differs
+            and all(tensor.shape[i] == classes for i in differs)
+        ):
+            report.reinitialised.append(key)
+            continue
+        raise CheckpointError(
+            f"init_from {source}: {key} has shape {tuple(theirs.shape)} in the source and {tuple(tensor.shape)} "
+            "here. Only classifier layers may differ (in their class count): the source is another architecture "
+            "or backbone than model.name / model.options say"
+        )
+    report.unused = [k for k in state if k not in own]
+    if not report.loaded:
+        raise CheckpointError(f"init_from {source}: the source shares no tensor with this model")
+    set_metadata(model, resolved.preprocessing)
+    return report
 
 
 def set_metadata(model: Segmenter, preprocessing: Preprocessing | None) -> Segmenter:
