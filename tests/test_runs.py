@@ -1,5 +1,8 @@
 """Runs never overwrite or mix, and a bad recipe fails when it is read."""
 
+import json
+import math
+
 import pytest
 import yaml
 
@@ -105,3 +108,22 @@ def test_print_config_shows_the_resolved_chain_and_overrides(tmp_path, capsys):
     assert printed["optim"]["lr"] == 0.05 and printed["optim"]["name"] == "adamw"
     assert printed["data"]["batch_size"] == 6 and printed["schedule"]["name"] == "poly"  # defaults filled in
     assert not (tmp_path / "runs").exists()
+
+
+def test_tensorboard_gets_validation_metrics_per_class_iou_and_the_picture_grid(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    train(tiny_config(data, out, "tensorboard=true", "pictures=2", "schedule.epochs=2"))
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"val"' in line]
+    miou = events.Scalars("val/miou")
+    assert [e.step for e in miou] == [r["step"] for r in logged]
+    assert [e.value for e in miou] == pytest.approx([r["val"]["miou"] for r in logged], abs=1e-6)
+    for name, iou in zip(["background", "box", "disc"], logged[-1]["val"]["iou"], strict=True):
+        value = events.Scalars(f"val_iou/{name}")[-1].value
+        assert value == pytest.approx(iou, abs=1e-6) or (math.isnan(iou) and math.isnan(value))
+    images = events.Images("val/pictures")
+    assert len(images) == 2 and images[-1].width > 3 * 48  # three columns of validation images
+    assert events.Scalars("train/loss_total")  # the training scalars are still there

@@ -37,7 +37,7 @@ from ..errors import ConfigError, DataError
 from ..losses import SegmentationLoss, class_weights_from_counts
 from ..models import create_model, finetune_from
 from ..progress import Progress, get_logger
-from ..utils import AMP_DTYPES, resolve_device, tune_malloc
+from ..utils import AMP_DTYPES, require, resolve_device, tune_malloc
 from .clock import BudgetClock
 from .distributed import DistInfo, ResumableSampler, barrier, broadcast_from_main, init_distributed
 from .ema import ModelEMA
@@ -381,6 +381,7 @@ def _wrap(model: nn.Module, cfg: TrainConfig, info: DistInfo, device: torch.devi
 def _tensorboard(cfg: TrainConfig, info: DistInfo, paths: RunPaths) -> Any | None:
     if not (cfg.tensorboard and info.is_main):
         return None
-    from torch.utils.tensorboard import SummaryWriter  # optional dependency: pip install tensorboard
+    require("tensorboard", "tensorboard", "tensorboard: true (TensorBoard logging)")  # an actionable error
+    from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(paths.run_dir / "tensorboard"))

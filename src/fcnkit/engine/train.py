@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from ..card import ModelCard
@@ -367,6 +369,24 @@ def evaluate_and_log(run: Run, state: TrainState) -> SegMetrics:
         }
         append_record(run.paths.log, record)
         log.info(f"epoch {state.epoch}: val mIoU {metrics.miou * 100:.2f}  pixel acc {metrics.pixel_acc * 100:.2f}")
+        pictures = []
         if cfg.pictures:
-            save_training_pictures(model, run.val_set, run.paths.run_dir, state.epoch, cfg.pictures, run.device)
+            pictures = save_training_pictures(
+                model, run.val_set, run.paths.run_dir, state.epoch, cfg.pictures, run.device
+            )
+        if run.writer is not None:
+            _tensorboard_validation(run.writer, metrics, list(run.val_set.classes), pictures, state.step)
     return metrics
+
+
+def _tensorboard_validation(
+    writer: Any, metrics: SegMetrics, classes: list[str], pictures: list[Path], step: int
+) -> None:
+    """Validation in TensorBoard: the summary metrics, the IoU of each class and the picture grid."""
+    for key in ("miou", "pixel_acc", "mean_acc", "fwiou", "mean_dice"):
+        writer.add_scalar(f"val/{key}", getattr(metrics, key), step)
+    for name, iou in zip(classes, metrics.iou.tolist(), strict=True):
+        writer.add_scalar(f"val_iou/{name}", iou, step)
+    for path in pictures[:1]:  # the grid: image | ground truth | prediction
+        writer.add_image("val/pictures", np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+    writer.flush()
