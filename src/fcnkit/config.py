@@ -213,7 +213,7 @@ class TrainConfig:
     #: test-time inference used by ``fcnkit eval`` on this run's checkpoints (validation during training is
     #: always one whole-image pass, to stay fast)
     test: InferenceConfig = field(default_factory=InferenceConfig)
-    #: run directory; holds config.yaml, metrics.jsonl, last.pth, best.pth
+    #: run directory; holds config.yaml, metrics.jsonl, last.pth, best.pth. Empty: runs/<data folder>_<recipe>
     output_dir: str = "runs/default"
     seed: int = 0
     #: bitwise-reproducible CPU runs (torch.use_deterministic_algorithms)
@@ -390,8 +390,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML recipe (or the defaults), apply ``key=value`` overrides and validate every key."""
-    return config_from_dict(read_yaml(path) if path is not None else {}, overrides)
+    """Read a YAML recipe (or the defaults), apply ``key=value`` overrides and validate every key.
+
+    An empty ``output_dir`` names the run after the data and the recipe: ``runs/<data folder>_<recipe file>``
+    (``runs/my_data_cpu_budget30_fcn4s_regnetx008``), so runs on different datasets never share a folder."""
+    cfg = config_from_dict(read_yaml(path) if path is not None else {}, overrides)
+    if not cfg.output_dir:
+        data = Path(cfg.data.root).name if cfg.data.root else cfg.data.name
+        recipe = Path(path).stem if path is not None else "run"
+        cfg.output_dir = str(Path("runs") / f"{data}_{recipe}")
+    return cfg
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
