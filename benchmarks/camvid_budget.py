@@ -125,7 +125,8 @@ def run_fcnkit(args: argparse.Namespace, seed: int, out: Path, fold: str = "val"
         f"resume={str(not args.fresh).lower()}",
         *args.set,
     ]
-    train(load_config(str(args.recipe), overrides))
+    # with --fresh where a run lives, training goes to a new folder (out-2 ...): read the run it made
+    out = train(load_config(str(args.recipe), overrides)).run_dir
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evaluations = [r for r in records if "val" in r]
     steps = [r for r in records if "loss_total" in r]
@@ -406,7 +407,7 @@ def tta_row(args: argparse.Namespace, recipe_row: dict, name: str, run_dir: Path
     """The fcnkit run of ``run_dir`` (its final EMA weights, those its last evaluation scored) evaluated again
     on its fold with the test-time inference ``TTA[name]``: an ablation row that needs no training, named after the
     run (``fcnkit tta_flip``, ``fcnkit no_class_weights tta_flip``)."""
-    from fcnkit.checkpoint import load_checkpoint, read_checkpoint
+    from fcnkit.checkpoint import load_checkpoint
     from fcnkit.config import InferenceConfig
     from fcnkit.data import build_dataset
     from fcnkit.engine.evaluate import evaluate
@@ -414,10 +415,7 @@ def tta_row(args: argparse.Namespace, recipe_row: dict, name: str, run_dir: Path
     split = fold_data(recipe_row.get("fold", "val"))
     options = split["val_options"] if split["val_options"] is not None else split["options"]
     val_set = build_dataset("camvid", args.data, split["val_split"], **options)
-    model = load_checkpoint(run_dir / "last.pth")
-    ema = read_checkpoint(run_dir / "last.pth").get("ema")
-    if ema:
-        model.load_state_dict(ema["module"])
+    model = load_checkpoint(run_dir / "last.pth")  # the EMA weights when the run kept them (weights="auto")
     metrics = evaluate(model, val_set, inference=InferenceConfig(**TTA[name]))
     row = _record(
         f"{recipe_row['run']} tta_{name}",

@@ -16,7 +16,8 @@ over two seeds, 47.01 / 45.08). The figures are those of the run's end (``last.p
 which would be chosen on the held-out drive.
 
     python benchmarks/folder_recipe.py --data ../shared/data/camvid --out runs/folder_recipe --fold 0006R0 --seeds 1
-    python benchmarks/folder_recipe.py --report benchmarks/results_folder_recipe.json
+    python benchmarks/folder_recipe.py --report benchmarks/results_folder_recipe.json \
+        --pair benchmarks/results_folder_recipe_camvid_pair.json
 
 Writes one row per seed to ``--results`` (default ``benchmarks/results_folder_recipe.json``), with the command,
 the commit, the machine and the date. Training is timed by its own clock; nothing else should use the CPU.
@@ -147,6 +148,24 @@ def report(rows: list[dict]) -> list[str]:
     return lines
 
 
+def paired(rows: list[dict], pair: list[dict]) -> list[str]:
+    """Each folder-recipe seed against the CamVid-format run of the same seed and fold from ``pair`` (a
+    ``benchmarks/camvid_budget.py`` summary made on the same machine: the comparison that machine speed, which sets
+    the steps 30 minutes buy, does not bias)."""
+    lines = []
+    for r in rows:
+        same = {p["run"]: p for p in pair if p.get("fold") == r["fold"] and p.get("seed") == r["seed"]}
+        if "fcnkit" not in same:
+            continue
+        one, passes = same["fcnkit"], same.get("fcnkit tta_flip_ms_up")
+        text = f"{r['fold']} seed {r['seed']} same machine: folder recipe {r['miou']:.2f} / {r['miou_one_pass']:.2f}"
+        if passes is not None:
+            text += f", CamVid format {passes['miou']:.2f} / {one['miou']:.2f} (passes / one pass)"
+            text += f"; difference {r['miou'] - passes['miou']:+.2f} / {r['miou_one_pass'] - one['miou']:+.2f}"
+        lines.append(text + f"; steps {r['steps']} / {one['steps']}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="CamVid in SegNet's layout (train/, trainannot/, ...)")
@@ -156,9 +175,17 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides for fcnkit train")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results_folder_recipe.json")
     parser.add_argument("--report", type=Path, help="print the comparison of a results file and exit")
+    parser.add_argument(
+        "--pair",
+        type=Path,
+        help="with --report: a camvid_budget.py summary.json of the same machine to pair seeds with",
+    )
     args = parser.parse_args()
     if args.report:
-        print("\n".join(report(json.loads(args.report.read_text()))))
+        rows = json.loads(args.report.read_text())
+        print("\n".join(report(rows)))
+        if args.pair:
+            print("\n".join(paired(rows, json.loads(args.pair.read_text()))))
         return
     if args.data is None:
         parser.error("--data is required to run")

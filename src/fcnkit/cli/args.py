@@ -6,9 +6,11 @@ import argparse
 import dataclasses
 from typing import Any
 
+import torch
+
 from ..card import ModelCard, card_of
 from ..config import InferenceConfig, inference_config, parse_override
-from ..inference import describe_backend, describe_inference, is_plain
+from ..inference import describe_inference, is_plain, resolve_backend
 
 
 def size(text: str) -> tuple[int, int]:
@@ -120,17 +122,31 @@ def inference_from_args(args: argparse.Namespace, card: ModelCard | None = None)
     return inference_config(data)
 
 
-def describe_run(command: str, source: str, model: Any, inference: InferenceConfig, args: argparse.Namespace) -> str:
-    """The first line a command prints to stderr: what runs (file, weights, passes, backend)."""
+def describe_run(
+    command: str, source: str, model: Any, inference: InferenceConfig, args: argparse.Namespace, device: Any = None
+) -> str:
+    """The first line a command prints to stderr, before any work: what runs (file, architecture, weights, passes,
+    backend). The backend is the one chosen for ``model`` on ``device`` (``--backend``, ``--no-optimize``); what
+    the optimisation then did (an export found in the cache, BatchNorm folded) is :func:`describe_backend`'s."""
     card = card_of(model)
     name = card.arch.get("name") or type(model).__name__
     classes = f", {card.num_classes} classes" if card.num_classes else ""
     passes = describe_inference(inference)
     if getattr(args, "tta", "recipe") == "recipe" and inference == card.test and not is_plain(inference):
         passes += " (the recipe's; --tta none for one pass)"
-    elif is_plain(card.test) is False and inference != card.test:
+    elif not is_plain(card.test) and inference != card.test:
         passes += f" (not the recipe's: {describe_inference(card.test)})"
     return (
         f"fcnkit {command}: {source} ({name}{classes}); weights {card.describe_weights()}; passes {passes}; "
-        f"backend {describe_backend(model)}"
+        f"backend {planned_backend(model, args, device)}"
     )
+
+
+def planned_backend(model: Any, args: argparse.Namespace, device: Any = None) -> str:
+    """The backend a command will run ``model`` on, in words."""
+    first = next(model.parameters(), None)
+    if first is None:  # an exported file
+        return f"{type(model).__name__} (the file as exported)"
+    if getattr(args, "no_optimize", False) or not hasattr(args, "backend"):
+        return "torch (as built)"
+    return resolve_backend(args.backend, torch.device(device) if device is not None else first.device)

@@ -13,7 +13,7 @@ from ..data import build_dataset
 from ..engine.evaluate import evaluate
 from ..engine.pictures import save_evaluation_pictures
 from ..errors import ConfigError
-from ..inference import describe_inference, load_model, optimized_or_plain
+from ..inference import describe_backend, describe_inference, load_model, optimized_or_plain
 from ..utils import resolve_device
 from .args import (
     add_device_arg,
@@ -44,9 +44,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.weights).to(device)
     inference = inference_from_args(args, card_of(model))
+    print(describe_run("eval", args.checkpoint, model, inference, args, device), file=sys.stderr, flush=True)
     if not args.no_optimize:
         model = optimized_or_plain(model, args.backend)
-    print(describe_run("eval", args.checkpoint, model, inference, args), file=sys.stderr)
+        print(f"backend: {describe_backend(model)}", file=sys.stderr)
     metrics = evaluate(
         model,
         dataset,

@@ -6,23 +6,27 @@ import argparse
 import sys
 
 from ..card import card_of
-from ..inference import Predictor, expand_inputs, load_model, predict_files
+from ..inference import Predictor, describe_backend, expand_inputs, load_model, predict_files
 from ..inference.video import is_video, predict_video
+from ..utils import resolve_device
 from .args import add_device_arg, add_inference_args, describe_run, inference_from_args
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.weights)
+    inference = inference_from_args(args, card_of(model))
+    device = resolve_device(args.device)
+    print(describe_run("predict", args.model, model, inference, args, device), file=sys.stderr, flush=True)
     predictor = Predictor(
         model,
-        device=args.device,
+        device=device,
         tile=args.tile,
         batch_size=args.batch_size,
-        inference=inference_from_args(args, card_of(model)),
+        inference=inference,
         optimize=not args.no_optimize,
         backend=args.backend,
     )
-    print(describe_run("predict", args.model, predictor.model, predictor.inference, args), file=sys.stderr)
+    print(f"backend: {describe_backend(predictor.model)}", file=sys.stderr)
     videos = [item for item in args.inputs if is_video(item)]
     images = [item for item in args.inputs if not is_video(item)]
     for source in videos:

@@ -8,6 +8,7 @@ import sys
 from ..apps.serve import ServeLimits, Service, serve
 from ..card import card_of
 from ..inference import Predictor, load_model
+from ..utils import resolve_device
 from .args import add_device_arg, add_inference_args, describe_run, inference_from_args
 
 
@@ -19,15 +20,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         queue=args.queue,
     )
     model = load_model(args.model, args.weights)
+    inference = inference_from_args(args, card_of(model))
+    device = resolve_device(args.device)
+    print(describe_run("serve", args.model, model, inference, args, device), file=sys.stderr, flush=True)
     predictor = Predictor(
         model,
-        device=args.device,
+        device=device,
         tile=args.tile or None,
-        inference=inference_from_args(args, card_of(model)),
+        inference=inference,
         optimize=not args.no_optimize,
         backend=args.backend,
     )
-    print(describe_run("serve", args.model, predictor.model, predictor.inference, args), file=sys.stderr)
     serve(Service(predictor, limits), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
