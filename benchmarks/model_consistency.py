@@ -52,7 +52,7 @@ def miou(pairs, num_classes: int, ignore: int) -> float:
         return float(np.nanmean(np.where(union > 0, inter / union, np.nan))) * 100
 
 
-def fcnkit(*args: str) -> None:
+def cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "fcnkit", *args], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
 
 
@@ -113,18 +113,18 @@ def main() -> None:
         for label, tta in (("recipe passes", []), ("one pass", ["--tta", "none"])):
             row = {"passes": label}
             path = Path(tmp) / f"eval{len(tta)}.json"
-            fcnkit("eval", str(checkpoint), "--split", args.split, "--workers", "0", "--json", str(path), *tta)
+            cli("eval", str(checkpoint), "--split", args.split, "--workers", "0", "--json", str(path), *tta)
             row["eval"] = json.loads(path.read_text())["miou"] * 100
             out = Path(tmp) / f"predict{len(tta)}"
-            fcnkit("predict", str(checkpoint), *map(str, images), "--out", str(out), "--no-overlay", *tta)
+            cli("predict", str(checkpoint), *map(str, images), "--out", str(out), "--no-overlay", *tta)
             row["predict"] = score([np.asarray(Image.open(out / f"{p.stem}.png")) for p in images])
             row["serve"] = score(served(checkpoint, images, tta))
             predictor = fcnkit.Predictor(checkpoint, inference=InferenceConfig() if tta else None)
             row["Predictor"] = score([predictor.predict(p).label.numpy() for p in images])
             onnx_file = Path(tmp) / f"model{len(tta)}.onnx"
-            fcnkit("export", str(checkpoint), "--out", str(onnx_file), *tta)
+            cli("export", str(checkpoint), "--out", str(onnx_file), *tta)
             onnx_out = Path(tmp) / f"onnx{len(tta)}"
-            fcnkit("predict", str(onnx_file), *map(str, images), "--out", str(onnx_out), "--no-overlay")
+            cli("predict", str(onnx_file), *map(str, images), "--out", str(onnx_out), "--no-overlay")
             row["onnx export"] = score([np.asarray(Image.open(onnx_out / f"{p.stem}.png")) for p in images])
             rows.append(row)
             print("  ".join(f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()))

@@ -126,28 +126,7 @@ def label_traps(report: DatasetReport, where: str) -> list[str]:
 def label_report(dataset: SegmentationDataset) -> DatasetReport:
     """Class and ignored pixel counts from the labels alone (no image decoded): the pass training makes to stop
     on :func:`label_traps` before the first step. Unreadable labels are listed in ``errors``."""
-    report = DatasetReport(
-        num_samples=len(dataset),
-        ignore_index=dataset.ignore_index,
-        class_names=list(dataset.classes),
-        class_pixels=[0] * dataset.num_classes,
-    )
-    class_pixels = torch.zeros(dataset.num_classes, dtype=torch.int64)
-    values: set[int] = set()
-    for index in range(len(dataset)):
-        report.num_checked += 1
-        try:
-            label = dataset.load_label(index)
-        except DataError as exc:
-            report.errors.append(str(exc))
-            continue
-        if label is None:
-            report.num_unlabelled += 1
-            continue
-        _count(label, dataset, report, class_pixels, values)
-    report.label_values = sorted(values)
-    report.class_pixels = class_pixels.tolist()
-    return report
+    return _scan(dataset, len(dataset), labels_only=True)
 
 
 def _count(
@@ -173,25 +152,31 @@ def check_dataset(dataset: SegmentationDataset, max_samples: int | None = None) 
     broken file. Everything else (a bug, an interrupted run) propagates.
     """
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    return _scan(dataset, count, labels_only=False)
+
+
+def _scan(dataset: SegmentationDataset, count: int, labels_only: bool) -> DatasetReport:
+    """One pass over the first ``count`` samples (their labels only, or images and labels)."""
     report = DatasetReport(
         num_samples=len(dataset),
         ignore_index=dataset.ignore_index,
         class_names=list(dataset.classes),
         class_pixels=[0] * dataset.num_classes,
-        groups=dataset.group_counts(),
+        groups={} if labels_only else dataset.group_counts(),
     )
     values: set[int] = set()
     class_pixels = torch.zeros(dataset.num_classes, dtype=torch.int64)
     for index in range(count):
         report.num_checked += 1
         try:
-            sample = dataset.load(index)
+            sample = {"label": dataset.load_label(index)} if labels_only else dataset.load(index)
         except DataError as exc:
             report.errors.append(str(exc))
             continue
-        h, w = sample["image"].shape[-2:]
-        report.min_hw = (h, w) if report.min_hw is None else (min(report.min_hw[0], h), min(report.min_hw[1], w))
-        report.max_hw = (h, w) if report.max_hw is None else (max(report.max_hw[0], h), max(report.max_hw[1], w))
+        if not labels_only:
+            h, w = sample["image"].shape[-2:]
+            report.min_hw = (h, w) if report.min_hw is None else (min(report.min_hw[0], h), min(report.min_hw[1], w))
+            report.max_hw = (h, w) if report.max_hw is None else (max(report.max_hw[0], h), max(report.max_hw[1], w))
         label = sample.get("label")
         if label is None:
             report.num_unlabelled += 1
