@@ -26,11 +26,9 @@ import datetime
 import io
 import json
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -59,32 +57,15 @@ def cli(*args: str) -> None:
 def served(checkpoint: Path, images: list[Path], tta: list[str]) -> list[np.ndarray]:
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "fcnkit", "serve", str(checkpoint), "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen([*command, *tta], cwd=REPO)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
-            deadline = time.time() + 600
-            while True:
-                try:
-                    if client.get("/api/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.time() > deadline:
-                    raise SystemExit("fcnkit serve did not start")
-                time.sleep(0.5)
-            out = []
-            for path in images:
-                r = client.post("/api/predict", files={"image": (path.name, path.read_bytes(), "image/png")})
-                r.raise_for_status()
-                out.append(np.asarray(Image.open(io.BytesIO(r.content))))
-            return out
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    from fcnkit.apps.serve import serve_process
+
+    with serve_process(str(checkpoint), *tta, cwd=REPO, timeout=600) as url, httpx.Client(timeout=300) as client:
+        out = []
+        for path in images:
+            r = client.post(url + "/api/predict", files={"image": (path.name, path.read_bytes(), "image/png")})
+            r.raise_for_status()
+            out.append(np.asarray(Image.open(io.BytesIO(r.content))))
+        return out
 
 
 def main() -> None:

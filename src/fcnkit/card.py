@@ -43,7 +43,8 @@ class ModelCard:
     test: InferenceConfig = field(default_factory=InferenceConfig)
     #: "raw" (as trained) or "ema" (the exponential moving average of a run with ``ema_decay``)
     weights: str = "raw"
-    #: where the weights came from: ``run_dir``, ``step``, ``epoch``, ``dataset``, ``val_miou``, ``source``...
+    #: where the weights came from: a training run writes ``run_dir``, ``step``, ``epoch``, ``dataset``,
+    #: ``best_val_miou`` and ``fcnkit`` (its version); loading adds ``file``
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -18,11 +18,9 @@ from typing import Any
 import torch
 
 from .card import ModelCard
-from .config import inference_config
 from .errors import CheckpointError, ConfigError
 from .hub import load_file
 from .models import Segmenter, create_model
-from .preprocessing import Preprocessing
 
 FORMAT, VERSION = "fcnkit", 2
 #: ``weights`` choices of :func:`load_checkpoint` and of every command's ``--weights``
@@ -82,14 +80,15 @@ def read_card(ckpt: dict[str, Any]) -> ModelCard:
     version 1 file, with the ``test:`` section of its training config when it has one)."""
     if ckpt.get("card") is not None:
         return ModelCard.from_dict(ckpt["card"])
-    config = ckpt.get("config") or {}
-    return ModelCard(
-        arch=dict(ckpt.get("arch") or {}),
-        preprocessing=Preprocessing.from_dict(ckpt["preprocessing"]),
-        classes=tuple(ckpt["classes"]) if ckpt.get("classes") else None,
-        palette=tuple(tuple(c) for c in ckpt["palette"]) if ckpt.get("palette") else None,
-        test=inference_config(config.get("test") or {}),
-        provenance={"step": (ckpt.get("progress") or {}).get("step")} if ckpt.get("progress") else {},
+    # a version 1 file holds the card's first four entries under the same names, the passes in its config
+    loose = {key: ckpt.get(key) for key in ("arch", "preprocessing", "classes", "palette")}
+    progress = ckpt.get("progress") or {}
+    return ModelCard.from_dict(
+        {
+            **loose,
+            "test": (ckpt.get("config") or {}).get("test"),
+            "provenance": {"step": progress["step"]} if "step" in progress else {},
+        }
     )
 
 

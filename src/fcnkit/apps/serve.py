@@ -22,9 +22,15 @@ in a real browser; Gradio would have brought a much larger install and its own f
 
 # No "from __future__ import annotations": FastAPI reads the endpoints' annotations as live objects.
 import base64
+import contextlib
 import io
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
@@ -277,3 +283,36 @@ def serve(service: Service, host: str = "127.0.0.1", port: int = 8000, log_level
     print(f"model: {service.name}, {describe_backend(service.predictor.model)}", flush=True)
     print(f"serving on http://{host}:{port}/  (API: /api/predict, /api/info; Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")
+
+
+@contextlib.contextmanager
+def serve_process(
+    model: str, *options: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 120.0
+) -> Iterator[str]:
+    """``fcnkit serve MODEL OPTIONS`` as a separate process on a free port of 127.0.0.1, for scripts and tests:
+    yields its base URL once ``/api/health`` answers, and stops the process on leaving. Raises ``RuntimeError``
+    with the process's output when it exits or does not answer within ``timeout`` seconds."""
+    import httpx  # a dependency of the serve extra's test client and of the scripts that use this
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "fcnkit", "serve", model, *options, "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(url + "/api/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"fcnkit serve did not start: {proc.communicate()[0]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(60)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..card import CardAttributes, ModelCard, card_of
 from ..errors import ConfigError, MissingFileError
-from ..preprocessing import IMAGENET, Preprocessing
+from ..preprocessing import Preprocessing
 from ..utils import require
 from ..version import __version__
 
@@ -71,16 +71,9 @@ def read_metadata(props: dict[str, str]) -> dict[str, Any]:
         out["num_classes"] = int(props["fcnkit.num_classes"])
     if props.get("fcnkit.card"):
         card = ModelCard.from_json(props["fcnkit.card"])
-    elif props.get("fcnkit.preprocessing") or props.get("fcnkit.arch"):
-        palette = json.loads(props.get("fcnkit.palette") or "null")
-        card = ModelCard(
-            arch=json.loads(props.get("fcnkit.arch") or "{}"),
-            preprocessing=Preprocessing.from_dict(json.loads(props["fcnkit.preprocessing"]))
-            if props.get("fcnkit.preprocessing")
-            else IMAGENET,
-            classes=json.loads(props.get("fcnkit.classes") or "null"),
-            palette=palette,
-        )
+    elif props.get("fcnkit.preprocessing") or props.get("fcnkit.arch"):  # version 1: the card's keys one by one
+        keys = ("arch", "preprocessing", "classes", "palette")
+        card = ModelCard.from_dict({k: json.loads(props.get(f"fcnkit.{k}") or "null") for k in keys})
     else:
         return out
     out.update(
