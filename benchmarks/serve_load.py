@@ -7,6 +7,11 @@ windows) and a share of bad uploads (not an image, truncated, empty, a decompres
 compared pixel for pixel with a ``Predictor`` of the same checkpoint and settings run in this process; every bad
 one must be a 4xx JSON error. The server's resident memory is sampled from /proc every 0.1 s.
 
+Meanwhile ``--slow-clients`` connections send their headers and then trickle their body a byte a second (each
+holds one of the server's admission places, never a segmentation slot), and ``--disconnects`` clients upload the
+large image and hang up at once (the server must drop their work: ``cancelled`` in ``/api/health``). Good
+requests must all still be answered correctly, with no 5xx.
+
     python benchmarks/serve_load.py --model runs/demo/train/best.pth --images runs/demo/data/images/test
 """
 
@@ -61,6 +66,8 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--clients", type=int, default=8, help="requests in flight at once (default 8)")
     p.add_argument("--bad", type=float, default=0.1, help="share of bad uploads (default 0.1)")
+    p.add_argument("--slow-clients", type=int, default=4, help="connections that trickle their body (default 4)")
+    p.add_argument("--disconnects", type=int, default=10, help="uploads abandoned right after sending (default 10)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
 
@@ -141,11 +148,45 @@ def main() -> int:
             ok = r.status_code == bad[name][1] and "error" in r.json()
         return {"kind": kind, "name": name, "status": r.status_code, "ms": ms, "ok": ok}
 
+    def slow_client() -> None:
+        """Headers, then one byte of a 100 kB body per second until the server gives up on it or the run ends."""
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png\r\n"
+                  "Content-Length: 100000\r\n\r\n".encode())  # fmt: skip
+        try:
+            while not stop.is_set():
+                s.sendall(b"x")
+                stop.wait(1.0)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def hang_up(i: int) -> None:
+        """The large image uploaded in full, then the connection closed before the answer."""
+        data = data_of["big 1600x1200"]
+        boundary = "fcnkitload"
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.png\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+        time.sleep(0.3 * i)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; "
+                      f"boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+            time.sleep(0.05)
+
+    slow = [threading.Thread(target=slow_client, daemon=True) for _ in range(args.slow_clients)]
+    for t in slow:
+        t.start()
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.clients) as pool:
+    with ThreadPoolExecutor(max(1, args.disconnects)) as hangers, ThreadPoolExecutor(args.clients) as pool:
+        hangups = [hangers.submit(hang_up, i) for i in range(args.disconnects)]
         results = list(pool.map(one, plan))
+        for h in hangups:
+            h.result()
     wall = time.perf_counter() - t0
     stop.set()
+    for t in slow:
+        t.join(5)
     sampler.join()
     alive = server.poll() is None
     health = client.get("/api/health").json() if alive else {}
@@ -163,6 +204,8 @@ def main() -> int:
         "backend": info["backend"],
         "requests": len(results),
         "clients": args.clients,
+        "slow_clients": args.slow_clients,
+        "disconnects": args.disconnects,
         "good": len(good_ms),
         "bad": len(bad_ms),
         "wrong_answers": len(wrong),
@@ -185,6 +228,10 @@ def main() -> int:
     print(
         f"{len(results)} requests from {args.clients} clients in {wall:.1f} s ({figures['requests_per_s']:.1f}/s): "
         f"{len(good_ms)} good, {len(bad_ms)} bad uploads; wrong answers {len(wrong)}, 5xx {figures['server_errors_5xx']}"
+    )
+    print(
+        f"meanwhile {args.slow_clients} slow clients trickled their bodies and {args.disconnects} clients hung up "
+        f"after uploading: the server dropped {health.get('cancelled', 'n/a')} of those jobs"
     )
     print(
         f"good: p50 {figures['good_p50_ms']:.0f} ms, p99 {figures['good_p99_ms']:.0f} ms, max "

@@ -32,7 +32,6 @@ httpx = pytest.importorskip("httpx")
 from fcnkit.apps.serve import BusyError, ServeLimits, Service, create_app  # noqa: E402
 from fcnkit.cli import main  # noqa: E402
 from fcnkit.config import InferenceConfig  # noqa: E402
-from fcnkit.inference import Prediction  # noqa: E402
 from test_optimize import _randomise_bn  # noqa: E402
 
 CLASSES = ["sky", "road", "car"]
@@ -207,10 +206,13 @@ def test_requests_beyond_the_queue_are_refused_at_once():
         num_classes, classes, device, inference = 2, ["a", "b"], "cpu", InferenceConfig()
         model = type("M", (), {"palette": [(0, 0, 0), (255, 255, 255)], "arch": {"name": "slow"}})()
 
-        def predict_tensor(self, rgb):
+        def memory_bytes(self, height, width):
+            return 0
+
+        def predict_labels(self, rgb, stop=None):
             entered.set()
             release.wait(10)
-            return [Prediction(torch.zeros(rgb.shape[-2:], dtype=torch.long))]
+            return torch.zeros(1, *rgb.shape[-2:], dtype=torch.uint8)
 
     service = Service(SlowPredictor(), ServeLimits(concurrency=1, queue=1))
     data = _png(_photo(10, 12))

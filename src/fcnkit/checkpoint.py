@@ -23,6 +23,36 @@ from .hub import load_file
 from .models import Segmenter, create_model
 
 FORMAT, VERSION = "fcnkit", 2
+#: the most classes a checkpoint may declare (ADE20K-full has 847 and LVIS 1203; a huge count is an attack on memory)
+MAX_CLASSES = 4096
+#: model options that fetch or read weights: never taken from a file (its state dict holds the weights)
+WEIGHT_SOURCES = (
+    "pretrained",
+    "weights",
+    "backbone_weights",
+    "weights_backbone",
+    "init_from",
+    "checkpoint_path",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "cache_dir",
+    "url",
+    "hf_hub_id",
+    "file",
+)
+#: what ``backbone_kwargs`` (passed on to timm) may hold in a checkpoint
+BACKBONE_KWARGS = (
+    "drop_rate",
+    "drop_path_rate",
+    "drop_block_rate",
+    "out_indices",
+    "act_layer",
+    "norm_layer",
+    "layers",
+    "stem_type",
+    "stem_width",
+    "global_pool",
+)
 #: ``weights`` choices of :func:`load_checkpoint` and of every command's ``--weights``
 WEIGHT_CHOICES = ("auto", "ema", "raw")
 
@@ -119,6 +149,44 @@ def select_weights(
     return ckpt["state_dict"], card
 
 
+def check_arch(arch: dict[str, Any], path: str | os.PathLike[str] = "the checkpoint") -> None:
+    """Refuse (:class:`CheckpointError`) a model card's architecture that a file from a stranger could use to fetch
+    or read something or to exhaust memory: a class count outside 1..:data:`MAX_CLASSES`, an option that names a
+    weights source (:data:`WEIGHT_SOURCES`, at any depth), ``backbone_kwargs`` beyond :data:`BACKBONE_KWARGS`, or
+    a value that is not plain data (numbers, text, lists, mappings). Unknown options are refused by the model's
+    factory when it is built."""
+    n = arch.get("num_classes")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CLASSES:
+        raise CheckpointError(f"{path}: num_classes must be a whole number from 1 to {MAX_CLASSES}, got {n!r}")
+    options = arch.get("options") or {}
+    if not isinstance(options, dict):
+        raise CheckpointError(f"{path}: the model options must be a mapping, got {type(options).__name__}")
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if not isinstance(key, str):
+                    raise CheckpointError(f"{path}: option {where} has a key that is not text: {key!r}")
+                if key in WEIGHT_SOURCES:
+                    raise CheckpointError(
+                        f"{path}: model option {where}{key} would fetch or read weights; a checkpoint's weights are "
+                        "its state dict, so the file is refused"
+                    )
+                walk(inner, f"{where}{key}.")
+        elif isinstance(value, list | tuple):
+            for inner in value:
+                walk(inner, where)
+        elif not (value is None or isinstance(value, bool | int | float | str)):
+            raise CheckpointError(f"{path}: model option {where.rstrip('.')} holds a {type(value).__name__}")
+
+    walk(options, "")
+    extra = set(options.get("backbone_kwargs") or {}) - set(BACKBONE_KWARGS)
+    if extra:
+        raise CheckpointError(
+            f"{path}: backbone_kwargs {sorted(extra)} are not among those a checkpoint may set ({', '.join(BACKBONE_KWARGS)})"
+        )
+
+
 def load_checkpoint(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu", weights: str = "auto"
 ) -> Segmenter:
@@ -129,6 +197,7 @@ def load_checkpoint(
     arch = card.arch
     if not arch.get("name"):
         raise CheckpointError(f"{path}: its model card names no architecture")
+    check_arch(arch, path)
     model = create_model(arch["name"], num_classes=arch["num_classes"], **arch.get("options", {}))
     model.load_state_dict(state_dict, strict=True)
     model.card = card.replace(provenance={**card.provenance, "file": os.fspath(path)})

@@ -240,6 +240,9 @@ class TrainConfig:
     eval_every: int = 1
     #: also write last.pth every N optimizer steps (0: at the end of each epoch only)
     checkpoint_every: int = 0
+    #: also write last.pth when this many minutes of wall-clock time have passed since it was last written (0: off),
+    #: so that a job killed without warning loses at most this much, whatever the epoch's length
+    checkpoint_minutes: float = 10.0
     log_every: int = 10
     #: validation images drawn next to their ground truth and prediction at every evaluation (0: no pictures)
     pictures: int = 4
@@ -434,7 +437,7 @@ def validate(cfg: TrainConfig) -> None:
     validate_inference(cfg.test, "test.")
     _require(cfg.ema_decay is None or 0.0 < cfg.ema_decay < 1.0, f"ema_decay must be in (0, 1), got {cfg.ema_decay}")
     _require(cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0, "clip_grad_norm must be > 0 (or null)")
-    for key in ("eval_every", "checkpoint_every", "pictures", "ema_warmup_steps"):
+    for key in ("eval_every", "checkpoint_every", "checkpoint_minutes", "pictures", "ema_warmup_steps"):
         _require(getattr(cfg, key) >= 0, f"{key} must be >= 0, got {getattr(cfg, key)}")
     _require(cfg.log_every >= 1, f"log_every must be >= 1, got {cfg.log_every}")
     _require(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps must be >= 1 (or null), got {cfg.max_steps}")

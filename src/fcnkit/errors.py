@@ -69,3 +69,7 @@ class ExportVerificationError(ExportError):
 
 class MissingFileError(FcnkitError, FileNotFoundError):
     """A file or folder fcnkit was pointed at does not exist."""
+
+
+class OutputError(FcnkitError, FileExistsError):
+    """An output would replace a file fcnkit did not write there: an input, or another program's file."""

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..card import card_of
 from ..inference import Predictor, describe_backend, expand_inputs, load_model, predict_files
-from ..inference.video import is_video, predict_video
+from ..inference.files import check_outputs, output_names
+from ..inference.video import is_video, predict_video, video_names
 from ..utils import resolve_device
 from .args import add_device_arg, add_inference_args, describe_run, inference_from_args
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.weights)
+    videos = list(dict.fromkeys(item for item in args.inputs if is_video(item)))
+    images = [item for item in args.inputs if not is_video(item)]
+    paths = expand_inputs(images) if images else []
+    # refused before the model is prepared or run: an output that would replace an input or a file fcnkit did not write
+    check_outputs(paths, output_names(paths), Path(args.out), overlays=not args.no_overlay, probs=args.probs)
     inference = inference_from_args(args, card_of(model))
     device = resolve_device(args.device)
     print(describe_run("predict", args.model, model, inference, args, device), file=sys.stderr, flush=True)
@@ -27,11 +34,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         backend=args.backend,
     )
     print(f"backend: {describe_backend(predictor.model)}", file=sys.stderr)
-    videos = [item for item in args.inputs if is_video(item)]
-    images = [item for item in args.inputs if not is_video(item)]
-    for source in videos:
+    for source, name in zip(videos, video_names(videos), strict=True):
         video = predict_video(
-            predictor, source, args.out, alpha=args.alpha, labels=args.video_labels, max_frames=args.max_frames
+            predictor,
+            source,
+            args.out,
+            alpha=args.alpha,
+            labels=args.video_labels,
+            max_frames=args.max_frames,
+            name=name,
         )
         h, w = video.size
         print(
@@ -41,7 +52,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     if not images:
         return 0
-    paths = expand_inputs(images)
     report = predict_files(predictor, paths, args.out, probs=args.probs, alpha=args.alpha, overlays=not args.no_overlay)
     skipped = len(report.skipped)
     print(

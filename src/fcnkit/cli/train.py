@@ -17,6 +17,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
     result = train(cfg)
+    if result.signal is not None:  # stopped early, resumable: the shell's convention for a signal's exit
+        return 128 + int(result.signal)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     best = f"{result.best_miou * 100:.2f}" if result.best_miou is not None else "n/a"

@@ -16,14 +16,14 @@ import io
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from fcnkit.errors import DataError, ImageTooLargeError
@@ -72,11 +72,19 @@ def _open_upright(path: Path, what: str) -> Image.Image:
     return _decode_upright(path, f"{what} {path}")
 
 
-def _decode_upright(source: Path | BinaryIO, name: str, max_pixels: int | None = None) -> Image.Image:
+def _decode_upright(
+    source: Path | BinaryIO,
+    name: str,
+    max_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
+    check_size: Callable[[int, int], None] | None = None,
+) -> Image.Image:
     """Decode ``source`` (a path or a binary stream) fully and EXIF-orient it; ``name`` goes into errors."""
     with _strict_decoding():
         try:
-            with Image.open(source) as img:
+            with Image.open(source, formats=formats) as img:
+                if check_size is not None:
+                    check_size(img.width, img.height)  # on the header, before the pixels are decoded
                 if max_pixels is not None and img.width * img.height > max_pixels:
                     # checked on the header, before a byte of pixel data is decoded (a decompression bomb
                     # is a small file declaring a huge image)
@@ -92,6 +100,9 @@ def _decode_upright(source: Path | BinaryIO, name: str, max_pixels: int | None =
             raise
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(f"{name}: {exc}") from exc
+        except UnidentifiedImageError as exc:
+            what = f"an image in an accepted format ({', '.join(formats)})" if formats else "an image PIL can read"
+            raise DataError(f"cannot read {name}: not {what}") from exc
         except (OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"cannot read {name}: {exc} (corrupt or truncated file?)") from exc
 
@@ -119,16 +130,24 @@ def read_image(path: PathLike) -> Tensor:
     return _rgb_tensor(_open_upright(path, "image"), f"image {path}")
 
 
-def decode_image(data: bytes, name: str = "the image", max_pixels: int | None = None) -> Tensor:
+def decode_image(
+    data: bytes,
+    name: str = "the image",
+    max_pixels: int | None = None,
+    formats: Sequence[str] | None = None,
+    check_size: Callable[[int, int], None] | None = None,
+) -> Tensor:
     """:func:`read_image` for the bytes of an image file (an upload, say): ``uint8`` ``(3, H, W)`` RGB.
 
-    Raises :class:`DataError` naming ``name`` for an empty, corrupt, truncated or unknown-format body, and
-    :class:`ImageTooLargeError` when the header declares more than ``max_pixels`` pixels (checked before
-    decoding) or PIL's decompression-bomb guard trips.
+    ``formats`` limits the decoders PIL tries (its format names, e.g. ``("PNG", "JPEG")``); ``check_size(width,
+    height)`` is called on the header, before any pixel is decoded, and may raise to refuse the image.
+    Raises :class:`DataError` naming ``name`` for an empty, corrupt, truncated or unknown-format body (its
+    ``__cause__`` a ``PIL.UnidentifiedImageError`` for the last), and :class:`ImageTooLargeError` when the header
+    declares more than ``max_pixels`` pixels or PIL's decompression-bomb guard trips.
     """
     if not data:
         raise DataError(f"{name} is empty (0 bytes)")
-    return _rgb_tensor(_decode_upright(io.BytesIO(data), name, max_pixels), name)
+    return _rgb_tensor(_decode_upright(io.BytesIO(data), name, max_pixels, formats, check_size), name)
 
 
 def _rgb_tensor(img: Image.Image, name: str) -> Tensor:

@@ -98,6 +98,12 @@ class Run:
     #: the augmentation of the run's last ``data.finish_fraction`` (``data.finish_crop_size``...), None without
     finish_transform: TrainTransform | None = None
     writer: Any | None = None
+    #: a SIGTERM / SIGINT this process received (set by the handler, at any moment)
+    signal_received: int | None = None
+    #: the signal the run stops for, agreed by every rank at a step boundary (see fcnkit.engine.train)
+    signal: int | None = None
+    #: time.monotonic() when last.pth was last written (for ``checkpoint_minutes``)
+    saved_at: float = 0.0
 
     @property
     def eval_model(self) -> nn.Module:
@@ -113,6 +119,7 @@ RESUMABLE_CHANGES = (
     "device",
     "log_every",
     "checkpoint_every",
+    "checkpoint_minutes",
     "pictures",
     "tensorboard",
     "data.workers",

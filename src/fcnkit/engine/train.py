@@ -17,6 +17,11 @@ line every ``log_every`` steps and one per evaluation; ``metrics.jsonl`` records
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +63,7 @@ log = get_logger("train")
 
 #: what :func:`should_stop` answers, in words
 STOP_REASONS = {
+    "signal": "stopped by a signal; last.pth holds the run up to here",
     "budget": "the time budget is spent",
     "steps": "all steps are done",
     "max_steps": "max_steps reached (the run can be resumed)",
@@ -72,6 +78,8 @@ class TrainResult:
     best_miou: float | None
     last_metrics: SegMetrics | None
     images_per_second: float
+    #: the signal that stopped the run early (it resumes from last.pth), or None
+    signal: int | None = None
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -90,7 +98,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         elapsed=state.train_seconds,
         enabled=run.dist.is_main,
     )
-    with progress:
+    with progress, _stop_on_signals(run):
         while (stop := should_stop(run, state)) is None:
             begin_finish(run, state)
             train_one_epoch(run, state, progress)
@@ -99,13 +107,19 @@ def train(cfg: TrainConfig) -> TrainResult:
             if state.batches_done >= run.batches_per_epoch or done:
                 state.epoch, state.batches_done = state.epoch + 1, 0
             due = cfg.eval_every and state.epoch % cfg.eval_every == 0
-            if stop != "max_steps" and state.batches_done == 0 and (due or done):
+            if stop not in ("max_steps", "signal") and state.batches_done == 0 and (due or done):
                 metrics = evaluate_and_log(run, state)
                 if state.best_miou is None or metrics.miou > state.best_miou:
                     state.best_miou = metrics.miou
                     save_checkpoint(run, state, run.paths.best, weights=run.eval_model)
             save_checkpoint(run, state, run.paths.last)
 
+    if stop == "signal" and run.dist.is_main:
+        name = signal.Signals(run.signal).name if run.signal is not None else "a signal"
+        log.warning(
+            f"{name} received: stopped at step {state.step} (epoch {state.epoch + 1}, batch {state.batches_done}) and "
+            f"wrote {run.paths.last}; run the same command again to resume from there"
+        )
     images_per_second = state.images_seen * run.dist.world_size / max(state.train_seconds, 1e-9)
     if run.dist.is_main:
         log.info(f"stopped at step {state.step}: {STOP_REASONS[stop]} ({state.train_seconds:.1f} s of training)")
@@ -113,7 +127,36 @@ def train(cfg: TrainConfig) -> TrainResult:
         run.writer.close()
     barrier(run.dist)
     shutdown(run.dist)
-    return TrainResult(run.paths.run_dir, state.step, state.best_miou, metrics, images_per_second)
+    return TrainResult(
+        run.paths.run_dir,
+        state.step,
+        state.best_miou,
+        metrics,
+        images_per_second,
+        run.signal if stop == "signal" else None,
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(run: Run) -> Iterator[None]:
+    """While training: SIGTERM (what a scheduler sends before it kills a job) and SIGINT (Ctrl-C) set
+    ``run.signal``; the loop finishes the step it is in, writes ``last.pth`` and returns. A second SIGINT stops at
+    once (KeyboardInterrupt). Only the main thread can handle signals; elsewhere nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def note(signum: int, frame: Any) -> None:
+        if run.signal_received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        run.signal_received = signum
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def resume(run: Run) -> TrainState:
@@ -139,6 +182,7 @@ def resume(run: Run) -> TrainState:
         dump_config(run.cfg, paths.run_dir / "config.yaml")
     barrier(run.dist)
     run.clock.reset(state.train_seconds)
+    run.saved_at = time.monotonic()
     return state
 
 
@@ -156,6 +200,8 @@ def should_stop(run: Run, state: TrainState) -> str | None:
         return "max_steps"
     if run.epochs is not None and state.epoch >= run.epochs:
         return "epochs"
+    if run.signal is not None:  # after the reasons above: a run that is complete finishes as one
+        return "signal"
     return None
 
 
@@ -217,8 +263,10 @@ def train_one_epoch(run: Run, state: TrainState, progress: Progress) -> None:
         if run.ema is not None:
             run.ema.update(run.model)
         _log_step(run, state, parts, progress)
-        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+        if _checkpoint_due(run, state):
+            run.clock.stop()  # writing the file is not training time
             save_checkpoint(run, state, run.paths.last)
+            run.clock.start()
         if should_stop(run, state):
             break
     run.clock.stop()
@@ -227,6 +275,24 @@ def train_one_epoch(run: Run, state: TrainState, progress: Progress) -> None:
         run.optimizer.zero_grad(set_to_none=True)  # an incomplete accumulation at the epoch's end is dropped
     if cfg.data.on_error == "skip":
         _log_skipped(run, state)
+
+
+def _checkpoint_due(run: Run, state: TrainState) -> bool:
+    """After a step: is ``last.pth`` due (``checkpoint_every`` steps, ``checkpoint_minutes`` since the last write)?
+    Under ``torchrun`` rank 0 decides for every rank, and a signal any rank received reaches every rank, so that
+    all stop and write at the same step."""
+    cfg = run.cfg
+    due = bool(cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)
+    if cfg.checkpoint_minutes and time.monotonic() - run.saved_at >= cfg.checkpoint_minutes * 60:
+        due = True
+    received = run.signal_received or 0  # read once: the handler may set it at any moment
+    if run.dist.enabled:
+        flags = torch.tensor([float(due and run.dist.is_main), float(received)], device=run.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        due, received = bool(flags[0]), int(flags[1])
+    if received:
+        run.signal = received
+    return due and run.signal is None  # a signal's checkpoint is written once the loop has stopped
 
 
 def forward_backward(run: Run, state: TrainState, batch: dict[str, Any]) -> dict[str, float]:
@@ -321,6 +387,7 @@ def save_checkpoint(run: Run, state: TrainState, path: Path, weights: nn.Module 
         atomic_save(checkpoint_dict(weights, config=to_dict(run.cfg), progress=state.state_dict()), path)
         return
     run.model.card = model_card(run, state, ema=False)
+    run.saved_at = time.monotonic()
     ckpt = checkpoint_dict(
         run.model,
         config=to_dict(run.cfg),

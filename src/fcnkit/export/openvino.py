@@ -11,6 +11,7 @@ would otherwise run in bf16 and the logits would change. ``openvino`` is optiona
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ class OpenVINOModel(CardAttributes, nn.Module):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(graph, "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        # an infer request holds its own buffers: one per thread, so that a server's threads never share one
+        self._requests = threading.local()
         self.output = self.compiled.outputs[0]
         meta = read_metadata(_metadata(self.path))
         self.num_classes: int | None = meta["num_classes"]
@@ -63,7 +65,10 @@ class OpenVINOModel(CardAttributes, nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """``x``: preprocessed images ``(B, 3, H, W)`` -> ``{"out": (B, C, H, W)}`` float32 logits."""
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        result = self.request.infer({0: array})
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self.compiled.create_infer_request()
+        result = request.infer({0: array})
         out = torch.from_numpy(result[self.output].copy())
         return {"out": out.to(x.device)}
 

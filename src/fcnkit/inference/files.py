@@ -7,7 +7,7 @@ import itertools
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,18 +15,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
 from ..data import voc_palette
 from ..data.io import read_image
-from ..errors import MissingFileError
+from ..errors import MissingFileError, OutputError
 from ..progress import Progress, ensure_handler, get_logger
 from ..visualize import label_to_palette_png, overlay
 from .predictor import Predictor
 
-__all__ = ["IMAGE_SUFFIXES", "PredictionReport", "expand_inputs", "predict_files"]
+__all__ = ["IMAGE_SUFFIXES", "PredictionReport", "check_outputs", "expand_inputs", "output_names", "predict_files"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+#: what fcnkit writes into its PNG label maps (text chunk "Software") and JPEG overlays (comment), so that a later
+#: run knows which existing files it may replace
+MARK = "fcnkit"
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
@@ -47,6 +52,83 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     return [p for p in found if not (p in seen or seen.add(p))]
 
 
+def output_names(paths: Sequence[Path]) -> list[Path]:
+    """The output name of each input, without suffix, relative to the output folder; one per input, never two
+    alike. The file stem when the stems differ (``photos/a.jpg`` -> ``a``); when two stems collide, every input's
+    path relative to the inputs' common folder (``a/img.jpg``, ``b/img.jpg`` -> ``a/img``, ``b/img``), and where
+    even those collide (``img.jpg`` beside ``img.png``) the suffix is kept in the name (``img_jpg``, ``img_png``)."""
+    paths = [Path(p) for p in paths]
+    if len({p.stem for p in paths}) == len(paths):
+        return [Path(p.stem) for p in paths]
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    common = Path(os.path.commonpath([p.parent for p in absolute]))
+    names = [p.relative_to(common).with_suffix("") for p in absolute]
+    clash = {n for n in names if names.count(n) > 1}
+    return [
+        n.with_name(f"{n.name}_{p.suffix.lstrip('.').lower()}") if n in clash else n
+        for n, p in zip(names, paths, strict=True)
+    ]
+
+
+def _outputs(name: Path, out: Path, overlays: bool, probs: bool) -> list[Path]:
+    files = [out / f"{name}.png"]
+    if overlays:
+        files.append(out / f"{name}_overlay.jpg")
+    if probs:
+        files.append(out / f"{name}_probs.npy")
+    return files
+
+
+def png_mark() -> PngInfo:
+    """The text chunk fcnkit writes into its label PNGs (see :func:`written_by_fcnkit`)."""
+    info = PngInfo()
+    info.add_text("Software", MARK)
+    return info
+
+
+def written_by_fcnkit(path: Path) -> bool:
+    """``path`` is an output of an earlier ``fcnkit predict``: a label PNG or overlay JPEG carrying fcnkit's mark,
+    or a probabilities file beside such a label PNG."""
+    if path.suffix == ".npy":
+        label = path.with_name(path.name.removesuffix("_probs.npy") + ".png")
+        return label.is_file() and written_by_fcnkit(label)
+    try:
+        with Image.open(path) as img:
+            mark = img.info.get("Software") if img.format == "PNG" else img.info.get("comment")
+    except (OSError, ValueError):
+        return False
+    if isinstance(mark, bytes):
+        mark = mark.decode("latin-1")
+    return mark == MARK
+
+
+def check_outputs(paths: Sequence[Path], names: Sequence[Path], out: Path, overlays: bool, probs: bool) -> None:
+    """Refuse (:class:`OutputError`) before anything is written when an output would replace an input, or an
+    existing file that no earlier ``fcnkit predict`` wrote. Outputs of an earlier run may be replaced."""
+    inputs = {Path(os.path.realpath(p)) for p in paths}
+    replaced, foreign = [], []
+    for name in names:
+        for target in _outputs(name, out, overlays, probs):
+            if Path(os.path.realpath(target)) in inputs:
+                replaced.append(target)
+            elif target.exists() and not (target.is_file() and written_by_fcnkit(target)):
+                foreign.append(target)
+    if replaced:
+        listed = ", ".join(str(p) for p in replaced[:5]) + (
+            f" and {len(replaced) - 5} more" if len(replaced) > 5 else ""
+        )
+        raise OutputError(
+            f"the outputs would replace {len(replaced)} input file(s) ({listed}): choose an --out folder that does "
+            "not hold the images"
+        )
+    if foreign:
+        listed = ", ".join(str(p) for p in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputError(
+            f"{out} holds {len(foreign)} file(s) that fcnkit predict did not write and would replace ({listed}): "
+            "choose another --out folder, or move them"
+        )
+
+
 @dataclass
 class PredictionReport:
     """What :func:`predict_files` did: the label PNGs written, and the inputs skipped with the reason."""
@@ -65,14 +147,16 @@ def predict_files(
     show_progress: bool = True,
     overlays: bool = True,
 ) -> PredictionReport:
-    """Segment image files into ``out``: for ``name.ext``, ``name.png`` (a palette PNG whose pixel values are
-    class indices), unless ``overlays`` is False ``name_overlay.jpg`` (the colours over the image), and with
-    ``probs`` ``name_probs.npy``
-    (``(C, H, W)`` float16 softmax).
+    """Segment image files into ``out``: for each input, ``NAME.png`` (a palette PNG whose pixel values are class
+    indices), unless ``overlays`` is False ``NAME_overlay.jpg`` (the colours over the image), and with ``probs``
+    ``NAME_probs.npy`` (``(C, H, W)`` float16 softmax). ``NAME`` is the file's stem, or its path relative to the
+    inputs' common folder when two inputs share a stem (see :func:`output_names`), so every input gets its own files.
 
-    A file that cannot be read is skipped and reported (on stderr, and in the returned report); the others
-    are still written. The next files are decoded and the finished ones written in two threads while the model
-    runs; consecutive images of the same size are batched up to ``predictor.batch_size``.
+    Nothing is written when an output would replace an input or a file that no earlier ``fcnkit predict`` wrote
+    (:class:`~fcnkit.errors.OutputError`; see :func:`check_outputs`). A file that cannot be read is skipped and
+    reported (on stderr, and in the returned report); the others are still written. The next files are decoded and
+    the finished ones written in two threads while the model runs; consecutive images of the same size are batched
+    up to ``predictor.batch_size``.
 
     Args:
         log: called with one line per file written (``"<input> -> <label png>"``), e.g. ``print``.
@@ -80,10 +164,13 @@ def predict_files(
             tenth of the files.
     """
     out = Path(out)
+    paths = list(dict.fromkeys(Path(p) for p in paths))
+    names = dict(zip(paths, output_names(paths), strict=True))
+    check_outputs(paths, list(names.values()), out, overlays, probs)
     out.mkdir(parents=True, exist_ok=True)
     palette = list(predictor.model.palette or voc_palette(predictor.num_classes))
     report = PredictionReport([], [])
-    total = len(paths) if isinstance(paths, Sized) else None
+    total = len(paths)
     if show_progress:
         ensure_handler()
     progress = Progress(
@@ -105,7 +192,8 @@ def predict_files(
         def flush() -> None:
             preds = predictor.predict_tensor(torch.stack([rgb for _, rgb in batch]), probs=probs)
             for (path, rgb), pred in zip(batch, preds, strict=True):
-                writes.append(io.submit(_write, out, path, rgb, pred, palette, alpha if overlays else None, probs))
+                args = (out / names[path], path, rgb, pred, palette, alpha if overlays else None, probs)
+                writes.append(io.submit(_write, *args))
             batch.clear()
             while writes and (writes[0].done() or len(writes) > 2 * predictor.batch_size + 2):
                 finish(writes.popleft().result())
@@ -118,7 +206,7 @@ def predict_files(
                     log(f"{path} -> {label_png}")
             progress.update(values={"skipped": len(report.skipped)} if report.skipped else None)
 
-        for path, rgb, error in _decoded(io, [Path(p) for p in paths], lookahead=2 * predictor.batch_size + 2):
+        for path, rgb, error in _decoded(io, paths, lookahead=2 * predictor.batch_size + 2):
             if error is not None:  # one unreadable file must not cost the others
                 report.skipped.append((path, error))
                 progress.write(f"skipped {path}: {error}", file=sys.stderr)
@@ -157,14 +245,17 @@ def _decoded(io: ThreadPoolExecutor, paths: list[Path], lookahead: int) -> Itera
 
 
 def _write(
-    out: Path, path: Path, rgb: Tensor, pred: Any, palette: list, alpha: float | None, probs: bool
+    base: Path, path: Path, rgb: Tensor, pred: Any, palette: list, alpha: float | None, probs: bool
 ) -> tuple[Path, Path]:
-    """The label PNG, the overlay (unless ``alpha`` is None) and the probabilities of one image."""
+    """The label PNG, the overlay (unless ``alpha`` is None) and the probabilities of one image; ``base`` is the
+    output path without suffix."""
+    base.parent.mkdir(parents=True, exist_ok=True)
     label = pred.label.numpy()
-    label_png = out / f"{path.stem}.png"
-    label_to_palette_png(label, palette).save(label_png)
+    label_png = base.with_name(base.name + ".png")
+    label_to_palette_png(label, palette).save(label_png, pnginfo=png_mark())
     if alpha is not None:
-        overlay(rgb, label, palette, alpha=alpha).save(out / f"{path.stem}_overlay.jpg", quality=92)
+        picture = overlay(rgb, label, palette, alpha=alpha)
+        picture.save(base.with_name(base.name + "_overlay.jpg"), quality=92, comment=MARK)
     if probs:
-        np.save(out / f"{path.stem}_probs.npy", pred.probs.numpy().astype(np.float16))
+        np.save(base.with_name(base.name + "_probs.npy"), pred.probs.numpy().astype(np.float16))
     return path, label_png

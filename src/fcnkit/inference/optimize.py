@@ -132,15 +132,16 @@ class OptimizeReport:
     export_seconds: float | None = None
 
 
-def describe_backend(model: nn.Module) -> str:
-    """What runs ``model``, in words, e.g. ``onnxruntime (cached export found in 0.31 s: PATH)``."""
+def describe_backend(model: nn.Module, paths: bool = True) -> str:
+    """What runs ``model``, in words, e.g. ``onnxruntime (cached export found in 0.31 s: PATH)`` (without the path
+    when ``paths`` is False: what a server shows its clients)."""
     report = getattr(model, "report", None)
     if not isinstance(report, OptimizeReport):
         return f"{type(model).__name__}, as built (not optimised)"
     text = f"{report.backend} ({', '.join(report.applied) or 'nothing applied'})"
     if report.cache_hit is not None and report.export_seconds is not None:
         how = "cached export found" if report.cache_hit else "exported"
-        where = f": {report.onnx_path}" if report.onnx_path else ""
+        where = f": {report.onnx_path}" if report.onnx_path and paths else ""
         text += f", {how} in {report.export_seconds:.2f} s{where}"
     return text
 

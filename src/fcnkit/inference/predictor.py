@@ -8,8 +8,9 @@ the input's resolution, optionally with class probabilities.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,12 +22,17 @@ from ..card import card_of
 from ..config import InferenceConfig
 from ..data.io import read_image
 from ..errors import DataError
-from ..utils import resolve_device
+from ..utils import as_pair, resolve_device
 from .loading import load_model
 from .optimize import optimized_or_plain
-from .tta import infer_logits
+from .tta import banded_bytes, can_band, infer_labels, infer_logits
 
-__all__ = ["Prediction", "Predictor", "to_rgb_tensor"]
+__all__ = ["ACTIVATION_BYTES_PER_PIXEL", "Prediction", "Predictor", "to_rgb_tensor"]
+
+#: a rough allowance for the model's own activations per input pixel of one forward pass (a dilated ResNet-50
+#: FCN at stride 8 keeps a few 2048-channel float32 maps of 1/64 of the pixels alive at once), used by
+#: :meth:`Predictor.memory_bytes`
+ACTIVATION_BYTES_PER_PIXEL = 512
 
 
 @dataclass
@@ -93,10 +99,47 @@ class Predictor:
         return infer_logits(self.model, x, self.inference, self.num_classes)
 
     @torch.inference_mode()
-    def predict_tensor(self, rgb: Tensor, probs: bool = False) -> list[Prediction]:
-        """``rgb``: uint8 ``(B, 3, H, W)`` or ``(3, H, W)`` RGB pixels -> one ``Prediction`` per image."""
+    def predict_labels(self, rgb: Tensor, stop: Callable[[], None] | None = None) -> Tensor:
+        """Class indices ``(B, H, W)`` (``uint8`` for up to 256 classes, else ``int32``) of uint8 RGB ``rgb``
+        ``(B, 3, H, W)`` or ``(3, H, W)``, in the least memory: sliding windows go band by band
+        (:func:`~fcnkit.inference.tta.infer_labels`), with the same labels as :meth:`predict_tensor`. ``stop`` is
+        called between windows and may raise to abandon the work."""
         if rgb.ndim == 3:
             rgb = rgb[None]
+        rgb = rgb.to(self.device)
+        if can_band(self.inference):
+            return infer_labels(self.model, rgb, self.inference, self.num_classes, stop)
+        if stop is not None:
+            stop()
+        labels = self._logits(self.model.preprocessing(rgb)).argmax(1)
+        return labels.to(torch.uint8 if self.num_classes <= 256 else torch.int32)
+
+    def memory_bytes(self, height: int, width: int) -> int:
+        """An estimate of the memory one ``height x width`` image takes in :meth:`predict_labels`, beyond the model:
+        the pixels, the labels, the logits (one band of them for banded sliding windows, else several full copies,
+        more with test-time passes) and :data:`ACTIVATION_BYTES_PER_PIXEL` for each pixel of one forward pass."""
+        cfg, pixels = self.inference, height * width
+        if can_band(cfg):
+            ch, cw = as_pair(cfg.crop_size)
+            window = ch * cw if cfg.pad else min(ch, height) * min(cw, width)
+            logits = banded_bytes(cfg, self.num_classes, height, width)
+        else:
+            scaled = pixels * max(1.0, max(cfg.scales)) ** 2  # the largest scale's pixels
+            window = min(scaled, math.prod(as_pair(cfg.crop_size))) if cfg.mode == "slide" else scaled
+            # the float32 input and about three logit maps: the passes' sum, one pass's and a division's result
+            logits = scaled * (12 + 12 * self.num_classes)
+        return int(pixels * 4 + logits + window * ACTIVATION_BYTES_PER_PIXEL)
+
+    @torch.inference_mode()
+    def predict_tensor(self, rgb: Tensor, probs: bool = False) -> list[Prediction]:
+        """``rgb``: uint8 ``(B, 3, H, W)`` or ``(3, H, W)`` RGB pixels -> one ``Prediction`` per image.
+
+        Without ``probs``, sliding windows at scale 1 run band by band (see :meth:`predict_labels`)."""
+        if rgb.ndim == 3:
+            rgb = rgb[None]
+        if not probs and can_band(self.inference):
+            labels = self.predict_labels(rgb).long().cpu()
+            return [Prediction(labels[i]) for i in range(labels.shape[0])]
         x = self.model.preprocessing(rgb.to(self.device))
         logits = self._logits(x)
         labels = logits.argmax(1).cpu()

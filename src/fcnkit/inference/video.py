@@ -12,6 +12,7 @@ keep exact.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,13 +23,14 @@ import numpy as np
 import torch
 
 from ..data import voc_palette
-from ..errors import DataError, MissingFileError
+from ..errors import DataError, MissingFileError, OutputError
 from ..progress import Progress, ensure_handler, get_logger
 from ..utils import require
 from ..visualize import label_to_palette_png, overlay
+from .files import MARK, output_names, png_mark, written_by_fcnkit
 from .predictor import Predictor
 
-__all__ = ["VIDEO_SUFFIXES", "VideoReport", "is_video", "predict_video"]
+__all__ = ["VIDEO_SUFFIXES", "VideoReport", "is_video", "predict_video", "video_name", "video_names"]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".gif")
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "/dev/video")
@@ -55,6 +57,52 @@ class VideoReport:
         return self.frames / max(self.seconds, 1e-9)
 
 
+def video_name(source: str) -> str:
+    """The output name of a video source: a file's stem; for a device or stream the address itself in safe
+    characters (``rtsp://cam1:554/live`` -> ``rtsp_cam1_554_live``, ``/dev/video0`` -> ``video0``), so that two
+    cameras never write the same file."""
+    if source.startswith("/dev/"):
+        return Path(source).name
+    if source.startswith(STREAM_PREFIXES):
+        address = re.sub(r"[^A-Za-z0-9.-]+", "_", source.replace("://", "_")).strip("_.")
+        return address[:120] or "stream"
+    return Path(source).stem
+
+
+def video_names(sources: list[str]) -> list[str]:
+    """The output name of each source, never two alike: :func:`video_name`, and for files whose stems collide
+    their paths relative to their common folder (as :func:`~fcnkit.inference.files.output_names` does)."""
+    files = [s for s in sources if not s.startswith(STREAM_PREFIXES)]
+    relative = dict(zip(files, (os.fspath(n) for n in output_names([Path(f) for f in files])), strict=True))
+    return [relative.get(s) or video_name(s) for s in sources]
+
+
+def _check_output(av: Any, source: str, overlay_path: Path, label_dir: Path | None) -> None:
+    """Refuse to replace the source, or a file no earlier ``fcnkit predict`` wrote."""
+    if not source.startswith(STREAM_PREFIXES) and Path(os.path.realpath(source)) == Path(
+        os.path.realpath(overlay_path)
+    ):
+        raise OutputError(f"the output {overlay_path} would replace the input video: choose another --out folder")
+    if label_dir is not None and label_dir.is_dir():
+        foreign = [f for f in sorted(label_dir.iterdir()) if not (f.is_file() and written_by_fcnkit(f))]
+        if foreign:
+            raise OutputError(
+                f"{label_dir} holds {len(foreign)} file(s) fcnkit predict did not write (first: {foreign[0].name}): "
+                "choose another --out folder, or move them"
+            )
+    if not overlay_path.exists():
+        return
+    try:
+        with av.open(os.fspath(overlay_path)) as old:
+            ours = old.metadata.get("comment") == MARK
+    except (av.FFmpegError, OSError):
+        ours = False
+    if not ours:
+        raise OutputError(
+            f"{overlay_path} exists and fcnkit predict did not write it: choose another --out folder, or move it"
+        )
+
+
 def _open(av: Any, source: str) -> Any:
     options: dict[str, Any] = {}
     if source.startswith("/dev/video"):
@@ -79,17 +127,22 @@ def predict_video(
     labels: bool = False,
     show_progress: bool = True,
     max_frames: int | None = None,
+    name: str | os.PathLike[str] | None = None,
 ) -> VideoReport:
     """Segment every frame of ``source`` into ``out/<stem>_overlay.mp4`` (and with ``labels`` the label PNGs).
 
-    ``max_frames`` stops early (a webcam or stream otherwise runs until it ends). A file FFmpeg cannot read, or a
+    ``name`` replaces ``<stem>`` (:func:`video_names` gives each of several sources its own). ``max_frames`` stops
+    early (a webcam or stream otherwise runs until it ends). A file FFmpeg cannot read, or a
     frame it cannot decode, is a :class:`DataError` naming the file.
     """
     av = require("av", "video", "video input and output")
     source = os.fspath(source)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = Path(source).stem if not source.startswith(STREAM_PREFIXES) else "stream"
+    stem = os.fspath(name) if name is not None else video_name(source)
+    overlay_path = out / f"{stem}_overlay.mp4"
+    label_dir = out / f"{stem}_labels" if labels else None
+    _check_output(av, source, overlay_path, label_dir)
     container = _open(av, source)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -99,11 +152,11 @@ def predict_video(
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
     palette = list(predictor.model.palette or voc_palette(predictor.num_classes))
-    overlay_path = out / f"{stem}_overlay.mp4"
-    label_dir = out / f"{stem}_labels" if labels else None
+    overlay_path.parent.mkdir(parents=True, exist_ok=True)
     if label_dir is not None:
         label_dir.mkdir(exist_ok=True)
     writer = av.open(os.fspath(overlay_path), "w")
+    writer.metadata["comment"] = MARK  # a later run may replace this file, and only files with this mark
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     encoder = writer.add_stream(codec, rate=rate)
     # 4:2:0 needs even sizes; an odd-sized video keeps its size in 4:4:4
@@ -128,7 +181,7 @@ def predict_video(
             for packet in encoder.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
                 writer.mux(packet)
             if label_dir is not None:
-                label_to_palette_png(label, palette).save(label_dir / f"{count:06d}.png")
+                label_to_palette_png(label, palette).save(label_dir / f"{count:06d}.png", pnginfo=png_mark())
             count += 1
             elapsed = time.perf_counter() - start
             progress.update(values={"frames/s": count / max(elapsed, 1e-9)})
