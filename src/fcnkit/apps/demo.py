@@ -154,10 +154,10 @@ def summary(demo: DemoResult, images_per_second: float, predicted: int) -> str:
     lines += [f"  {path!s:<{width}}  {what}" for _, path, what in rows]
     lines += [
         "",
-        "the same on real data (see README, 'Training'):",
-        "  fcnkit train configs/camvid/fcn8s_resnet18_camvid_360x480_adamw_40e.yaml data.root=/path/to/CamVid",
-        "  fcnkit train configs/voc/fcn32s_vgg16_sbd_seg11valid_caffe_sum.yaml \\",
-        "      data.root=/path/to/benchmark_RELEASE/dataset data.val_root=/path/to/VOCdevkit/VOC2012",
-        "  fcnkit eval runs/<run>/best.pth --pictures runs/<run>/eval",
+        "the same on your own images (images/, masks/, classes.yaml; see docs/own-data.md):",
+        "  fcnkit data check folder --root my_data --split train",
+        "  fcnkit train configs/folder/cpu_budget30_fcn4s_regnetx008.yaml data.root=my_data",
+        "  fcnkit eval runs/my_data_cpu_budget30_fcn4s_regnetx008/best.pth",
+        "  fcnkit serve runs/my_data_cpu_budget30_fcn4s_regnetx008/best.pth",
     ]
     return "\n".join(lines)
