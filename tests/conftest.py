@@ -1,10 +1,75 @@
 import os
+import re
 
 import pytest
 import torch
 
 # Deterministic, quiet and cheap on 2 cores.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+#: FCNKIT_REQUIRE_ALL=1 (scripts/test.sh sets it, having installed every extra): a test or a whole module that
+#: would be skipped because an optional package is missing (or too old) fails instead, so that a run never passes
+#: with tests silently left out. Skips for what no package brings (a CUDA device, glibc, the browser of the
+#: serve test, which has FCNKIT_REQUIRE_BROWSER) stay skips.
+REQUIRE_ALL = os.environ.get("FCNKIT_REQUIRE_ALL") == "1"
+#: the reasons pytest.importorskip gives
+_MISSING_PACKAGE = re.compile(r"could not import '[^']+'|module '[^']+' has __version__ .*, required is")
+
+
+def _missing_package(report: pytest.CollectReport | pytest.TestReport) -> str | None:
+    """The reason of a skip that a missing or too old package caused; None for any other report."""
+    if not (report.skipped and isinstance(report.longrepr, tuple)):
+        return None
+    reason = str(report.longrepr[2])
+    return reason if _MISSING_PACKAGE.search(reason) else None
+
+
+def _required_message(reason: str) -> str:
+    return (
+        f"FCNKIT_REQUIRE_ALL=1, and this was skipped for a missing package ({reason}). "
+        "Install the dev extras (bash scripts/setup.sh), or unset FCNKIT_REQUIRE_ALL to allow the skip"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """A test that skipped itself for a missing package (``pytest.importorskip`` in its body) fails instead."""
+    report = yield
+    reason = _missing_package(report) if REQUIRE_ALL else None
+    if reason:
+        report.outcome = "failed"
+        report.longrepr = _required_message(reason)
+    return report
+
+
+class RequiredPackages(pytest.Item):
+    """Stands for a test module that ``pytest.importorskip`` skipped whole, and fails (FCNKIT_REQUIRE_ALL=1). As a
+    failing item rather than a collection error, it leaves the rest of the suite running."""
+
+    def __init__(self, *, reason: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.reason = reason
+
+    def runtest(self) -> None:
+        pytest.fail(_required_message(self.reason), pytrace=False)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo) -> str:
+        return _required_message(self.reason)
+
+    def reportinfo(self) -> tuple:
+        return self.path, None, self.name
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectReport:
+    """A module skipped whole for a missing package collects one failing item instead of nothing."""
+    report = yield
+    reason = _missing_package(report) if REQUIRE_ALL and isinstance(collector, pytest.Module) else None
+    if reason:
+        report.outcome = "passed"
+        report.longrepr = None
+        report.result = [RequiredPackages.from_parent(collector, name="required_packages", reason=reason)]
+    return report
 
 
 @pytest.fixture(autouse=True)
@@ -13,7 +78,7 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FCNKIT_CACHE", str(tmp_path / "fcnkit-cache"))
     monkeypatch.setenv("FCNKIT_OFFLINE", "1")
     # backend "auto" (Predictor, eval, predict) would export each test's freshly made model to ONNX: a few
-    # seconds a test. The tests of that path (test_export_cache.py) delete this.
+    # seconds a test. The tests of that path (test_export_cache.py, test_default_backend.py) delete this.
     monkeypatch.setenv("FCNKIT_BACKEND", "torch")
 
 

@@ -90,7 +90,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_tuned_malloc_stops_the_page_faults_of_training_steps():
     def faults(mode: str) -> int:
-        done = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", FAULTS_SCRIPT, mode], capture_output=True, text=True, check=True, timeout=120
+        )
         return int(done.stdout)
 
     # measured here: 1200 to 9000 faults with glibc's defaults (its mmap threshold adapts to the first large

@@ -40,7 +40,9 @@ def test_bad_size_is_a_usage_error(capsys):
 
 def _run_fcnkit(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fcnkit", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "fcnkit", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
+    )
 
 
 class _Payload:

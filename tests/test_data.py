@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,6 @@ from fcnkit.data import (
     read_label,
     voc_palette,
 )
-
-CAMVID_ROOT = Path("/work/shared/data/camvid")
 
 # --- helpers that write files ------------------------------------------------------------------------
 
@@ -371,15 +370,51 @@ def test_camvid_absolute_and_relative_lists(camvid_root):
         build_dataset("camvid", root, "test")
 
 
-@pytest.mark.skipif(not (CAMVID_ROOT / "train.txt").is_file(), reason="real CamVid not present")
-def test_real_camvid_samples():
-    ds = build_dataset("camvid", CAMVID_ROOT, "train")
+#: how each of SegNet's four CamVid drives names its frames
+SEGNET_FRAME_NAMES = {"0001TP": "0001TP_{:06d}", "0006R0": "0006R0_f{:05d}", "0016E5": "0016E5_{:05d}",
+                      "Seq05VD": "Seq05VD_f{:05d}"}  # fmt: skip
+
+
+@pytest.fixture
+def segnet_camvid(tmp_path):
+    """SegNet's ``CamVid/`` training split in its real shape: 367 frames of 360x480 from the four drives, listed in
+    ``train.txt`` by absolute paths of SegNet's authors' machine. The first three frames hold their own random
+    pixels and labels (classes 0-10 and void 11), returned for comparison; the other 364 are copies of one
+    uniform frame, which costs little to write."""
+    root = tmp_path / "CamVid"
+    patterns = list(SEGNET_FRAME_NAMES.values())
+    names = [patterns[i % 4].format(30 * i) for i in range(367)]
+    save_rgb(root / "train" / "uniform.png", np.zeros((360, 480, 3), np.uint8))
+    save_rgb(root / "trainannot" / "uniform.png", np.full((360, 480), 3, np.uint8))
+    frames = {}
+    for i, name in enumerate(names):
+        if i < 3:
+            frames[name] = rng_image(i, 360, 480), np.random.default_rng(i).integers(0, 12, (360, 480), np.uint8)
+            save_rgb(root / "train" / f"{name}.png", frames[name][0])
+            save_rgb(root / "trainannot" / f"{name}.png", frames[name][1])
+        else:
+            for folder in ("train", "trainannot"):
+                shutil.copyfile(root / folder / "uniform.png", root / folder / f"{name}.png")
+    write_lines(root / "train.txt", [f"/SegNet/CamVid/train/{n}.png /SegNet/CamVid/trainannot/{n}.png" for n in names])
+    return root, frames
+
+
+def test_segnet_camvid_at_full_size(segnet_camvid):
+    root, frames = segnet_camvid
+    ds = build_dataset("camvid", root, "train")
     assert len(ds) == 367
-    for i in range(3):
+    # every absolute SegNet path re-rooted at root, every frame's drive read from its name
+    assert all(s.image.is_file() and s.label.is_file() and s.image.parent == root / "train" for s in ds.samples)
+    assert sorted({s.group for s in ds.samples}) == sorted(SEGNET_FRAME_NAMES)
+    for i, (name, (image, label)) in enumerate(frames.items()):
         sample = ds[i]
+        assert ds.samples[i].name == name
         assert sample["image"].shape == (3, 360, 480) and sample["image"].dtype == torch.uint8
+        assert np.array_equal(sample["image"].permute(1, 2, 0).numpy(), image)
         assert sample["label"].shape == (360, 480)
+        assert np.array_equal(sample["label"].numpy(), label)
         assert int(sample["label"].min()) >= 0 and int(sample["label"].max()) <= 11
+    assert ds[366]["label"].unique().tolist() == [3]  # a copied frame reads like any other
 
 
 # --- folder format -----------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def test_mixing_draws_are_the_same_in_every_process(tmp_path):
     for hash_seed in ("1", "2"):
         path = tmp_path / f"mix{hash_seed}.pt"
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        subprocess.run([sys.executable, "-c", MIX_IN_A_NEW_PROCESS, str(path)], env=env, check=True)
+        subprocess.run([sys.executable, "-c", MIX_IN_A_NEW_PROCESS, str(path)], env=env, check=True, timeout=120)
         files.append(torch.load(path, weights_only=True))
     a, b = files
     assert a["mixed"] == b["mixed"] is not None

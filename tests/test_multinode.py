@@ -90,12 +90,12 @@ def test_two_nodes_equal_one_node_and_resume_after_one_is_killed(tmp_path):
         time.sleep(0.05)
     assert b.poll() is None, "the run ended before a node could be killed: " + logs[1].read_text()[-2000:]
     os.killpg(b.pid, signal.SIGKILL)
-    b.wait()
+    b.wait(60)
     # The surviving node's worker waits in its next collective for the lost peer (until the process group's
     # timeout); as a scheduler would, stop the job on every node, then start it again.
     time.sleep(1)
     os.killpg(a.pid, signal.SIGKILL)
-    a.wait()
+    a.wait(60)
     killed_at = torch.load(last, weights_only=True)["progress"]["step"]
     assert 3 <= killed_at < STEPS
 

@@ -275,11 +275,11 @@ def test_sigkill_then_resume_equals_uninterrupted_run(folder_data, tmp_path):
         time.sleep(0.05)
     assert victim.poll() is None, "the run finished before it could be killed"
     victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    victim.wait(60)
     killed_at = torch.load(last, weights_only=True)["progress"]
     assert 4 <= killed_at["step"] < 18  # 12 images / batch 2 x 3 epochs = 18 steps
-    assert _cli("train", str(cfg_file), *common, f"output_dir={tmp_path / 'killed'}").wait() == 0
-    assert ref.wait() == 0
+    assert _cli("train", str(cfg_file), *common, f"output_dir={tmp_path / 'killed'}").wait(240) == 0
+    assert ref.wait(240) == 0
     a = torch.load(tmp_path / "ref" / "last.pth", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["progress"]["step"] == b["progress"]["step"] == 18
@@ -416,7 +416,7 @@ def test_piped_log_shows_the_first_loss_line_while_training_runs(folder_data, tm
         running = proc.poll() is None
     finally:
         proc.kill()
-        proc.wait()
+        proc.wait(60)
     text = log_file.read_text()
     assert seen_after is not None and running, f"no step line while the process ran; the log:\n{text[-3000:]}"
     assert seen_after < 60, (seen_after, text[-3000:])
