@@ -212,7 +212,7 @@ def test_a_torn_metrics_line_survives_a_resume(tmp_path):
 
 
 def _forged(tmp_path: Path, name: str, **arch_changes) -> Path:
-    model = fcnkit.create_model("fcn8s_timm", num_classes=3, backbone="resnet18", upsample="bilinear")
+    model = fcnkit.create_model("fcn8s_timm", num_classes=3, backbone="test_resnet", upsample="bilinear")
     ckpt = checkpoint_dict(model)
     arch = ckpt["card"]["arch"]
     for key, value in arch_changes.items():
@@ -247,7 +247,11 @@ def test_a_checkpoint_may_set_only_known_harmless_options(tmp_path, change, word
 
 def test_an_honest_checkpoint_with_backbone_kwargs_still_loads(tmp_path):
     model = fcnkit.create_model(
-        "fcn8s_timm", num_classes=3, backbone="resnet18", upsample="bilinear", backbone_kwargs={"drop_path_rate": 0.1}
+        "fcn8s_timm",
+        num_classes=3,
+        backbone="test_resnet",
+        upsample="bilinear",
+        backbone_kwargs={"drop_path_rate": 0.1},
     )
     path = fcnkit.save_checkpoint(tmp_path / "ok.pth", model)
     again = fcnkit.load_checkpoint(path)

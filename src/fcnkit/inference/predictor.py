@@ -25,7 +25,7 @@ from ..errors import DataError
 from ..utils import as_pair, resolve_device
 from .loading import load_model
 from .optimize import optimized_or_plain
-from .tta import banded_bytes, can_band, infer_labels, infer_logits
+from .tta import banded_bytes, can_band, class_indices, infer_labels, infer_logits
 
 __all__ = ["ACTIVATION_BYTES_PER_PIXEL", "Prediction", "Predictor", "to_rgb_tensor"]
 
@@ -111,7 +111,7 @@ class Predictor:
             return infer_labels(self.model, rgb, self.inference, self.num_classes, stop)
         if stop is not None:
             stop()
-        labels = self._logits(self.model.preprocessing(rgb)).argmax(1)
+        labels = class_indices(self._logits(self.model.preprocessing(rgb)))
         return labels.to(torch.uint8 if self.num_classes <= 256 else torch.int32)
 
     def memory_bytes(self, height: int, width: int) -> int:
@@ -142,7 +142,7 @@ class Predictor:
             return [Prediction(labels[i]) for i in range(labels.shape[0])]
         x = self.model.preprocessing(rgb.to(self.device))
         logits = self._logits(x)
-        labels = logits.argmax(1).cpu()
+        labels = class_indices(logits).cpu()
         soft = logits.softmax(1).cpu() if probs else None
         return [Prediction(labels[i], soft[i] if soft is not None else None) for i in range(labels.shape[0])]
 
