@@ -75,6 +75,7 @@ def _post(client, data: bytes, name: str = "x.png", kind: str = "image/png", **k
     return client.post("/api/predict", files={"image": (name, data, kind)}, **kw)
 
 
+@pytest.mark.slow
 def test_a_40_megapixel_upload_is_served_in_bounded_memory(server):
     url, client, _, _ = server
     warm = _post(client, _encode(Image.fromarray(_photo(300, 400)), "PNG"))
@@ -178,6 +179,7 @@ def test_clients_beyond_concurrency_and_queue_get_503_before_their_body_is_read(
     assert r.status_code == 200
 
 
+@pytest.mark.slow
 def test_24_simultaneous_uploads_with_the_default_limits(server):
     _, client, _, _ = server
     photo = _encode(Image.fromarray(_photo(1500, 1500)), "JPEG", quality=80)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -108,15 +107,8 @@ def build_train_loader(
         drop_last=len(sampler) >= data.batch_size,
         pin_memory=pin_memory,
         generator=torch.Generator(),  # keeps the global RNG (dropout) out of data loading
-        worker_init_fn=ignore_stop_signals,
     )
     return augmented, sampler, loader
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """In each loader worker: SIGTERM is left to the training process, which finishes its step and writes
-    ``last.pth`` (a scheduler signals every process of a job; a worker dying of it would fail the step instead)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class SkippedSamples:

@@ -238,7 +238,19 @@ def train_one_epoch(run: Run, state: TrainState, progress: Progress) -> None:
     run.net.train()
     run.clock.start()
     pending = 0  # micro-batches whose gradients wait for the next optimiser step
-    for batch in run.loader:
+    batches = iter(run.loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except RuntimeError:
+            # A scheduler that signals every process of a job also stops the loader's workers: the loader fails
+            # between two steps, where last.pth can still be written and the run resumed
+            if run.signal_received is None or pending or run.dist.enabled:
+                raise
+            run.signal = run.signal_received
+            break
         state.batches_done += 1
         run.skipped.add(batch["skipped"])
         if "image" in batch:
