@@ -14,7 +14,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -28,6 +27,7 @@ pytest.importorskip("uvicorn")
 from fcnkit.apps.serve import Cancelled, ServeLimits, Service, serve_process  # noqa: E402
 from fcnkit.config import InferenceConfig  # noqa: E402
 from fcnkit.inference.tta import infer_labels, infer_logits  # noqa: E402
+from test_serve import _photo  # noqa: E402  (smooth colour fields, not noise)
 
 GIB = 2**30
 
@@ -44,13 +44,6 @@ def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format=fmt, **kw)
     return buf.getvalue()
-
-
-def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
-    g = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    planes = [np.sin(6 * xx * g.uniform(0.5, 2) + 4 * yy * g.uniform(0.5, 2) + g.uniform(0, 6)) for _ in range(3)]
-    return ((np.stack(planes, -1) + 1) * 127.5).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
