@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set up .venv if needed, then ruff (lint + format check), the import-layer contract
-# (import-linter) and the test suite: everything by default (about 8.5 minutes on 2 CPU cores), or with
-# --fast the tests not marked slow (about 2 minutes, for development). Other arguments go to pytest.
+# (import-linter) and the test suite: everything by default (about 7.5 minutes on 2 CPU cores), or with
+# --fast the tests not marked slow (under 2 minutes, for development). Other arguments go to pytest.
 # setup.sh installs every optional package the tests use, so a test skipped for a missing one fails here
 # (FCNKIT_REQUIRE_ALL=1, see tests/conftest.py; FCNKIT_REQUIRE_ALL=0 allows such skips). Every test has 5 minutes
 # (pytest-timeout, pyproject.toml).

@@ -4,6 +4,8 @@ import re
 import pytest
 import torch
 
+from fcnkit.utils import tune_malloc
+
 # Deterministic, quiet and cheap on 2 cores.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -73,6 +75,20 @@ def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectRep
 
 
 @pytest.fixture(autouse=True)
+def _fixed_malloc_thresholds():
+    """The suite's process runs hundreds of tests; blocks of 1 MiB and more are mmap'd and handed back when freed.
+
+    An in-process training run applies ``tune_malloc`` (keep up to 1 GiB freed, mmap only above 32 MiB), which
+    suits one training process but, left in place, fragments the heap of everything after it: the VGG tests,
+    which allocate half-gigabyte models, then ran 2-4x slower in the kernel (test_vgg_fcn.py 97 -> 72 s with
+    fixed thresholds). Set before and after every test, so each starts the same way whatever ran before it.
+    """
+    tune_malloc(mmap_threshold=2**20, trim_threshold=2**17)
+    yield
+    tune_malloc(mmap_threshold=2**20, trim_threshold=2**17)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Never read or write the user's weights cache; never reach the network."""
     monkeypatch.setenv("FCNKIT_CACHE", str(tmp_path / "fcnkit-cache"))
@@ -80,6 +96,20 @@ def _isolated_cache(tmp_path, monkeypatch):
     # backend "auto" (Predictor, eval, predict) would export each test's freshly made model to ONNX: a few
     # seconds a test. The tests of that path (test_export_cache.py, test_default_backend.py) delete this.
     monkeypatch.setenv("FCNKIT_BACKEND", "torch")
+
+
+def random_model(build, seed: int = 0) -> torch.nn.Module:
+    """``randomize_(build())`` without the constructor's own initialisation: built on the meta device, then given
+    memory and random values. For the VGG16 models (134M parameters), whose init costs seconds a model here."""
+    with torch.device("meta"):
+        model = build()
+    model.to_empty(device="cpu")
+    assert {n for n, _ in model.named_buffers()} <= set(model.state_dict()), "a buffer randomize_ would not see"
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if not t.is_floating_point():
+                t.zero_()  # num_batches_tracked
+    return randomize_(model, seed)
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -90,11 +120,12 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for name, t in model.state_dict().items():
             if not t.is_floating_point():
                 continue
+            # in place: no temporary of the tensor's size (VGG16's fc6 alone is 0.4 GB)
             if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+                t.uniform_(0.5, 1.5, generator=g)
             elif t.ndim >= 2:
                 fan_in = t[0].numel() if t.ndim == 4 else t.shape[1]
-                t.copy_(torch.randn(t.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                t.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=g)
             else:
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+                t.normal_(0.0, 0.1, generator=g)
     return model

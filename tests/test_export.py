@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 import fcnkit  # noqa: E402
-from conftest import randomize_  # noqa: E402
+from conftest import random_model, randomize_  # noqa: E402
 from fcnkit.cli.export import add_parsers as add_export_parser  # noqa: E402
 from fcnkit.cli.export import cmd_export  # noqa: E402
 from fcnkit.export import (  # noqa: E402
@@ -47,7 +47,7 @@ def _tolerance(reference: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def vgg(tmp_path_factory):
     """FCN-8s (pad 100, ceil pools, crops 5/9/31), random weights and non-zero score layers, exported once."""
-    model = randomize_(fcnkit.create_model("fcn8s_vgg16", num_classes=5), seed=1).eval()
+    model = random_model(lambda: fcnkit.create_model("fcn8s_vgg16", num_classes=5), seed=1).eval()
     path = tmp_path_factory.mktemp("vgg") / "fcn8s.onnx"
     report = export_onnx(model, path, sample_size=(64, 80), sizes_to_verify=[(64, 80), (45, 131)])
     return model, path, report
@@ -226,6 +226,7 @@ def test_cli_bare_model_name_gets_random_weights(tmp_path, monkeypatch, capsys):
     assert (seen["dynamic"], seen["verify"], seen["opset"], seen["batch"]) == (False, False, 18, 2)
 
 
+@pytest.mark.slow
 def test_image_standardisation_exports_as_instance_normalization(tmp_path):
     """``input_norm="image"`` becomes one InstanceNormalization node; ONNX Runtime then gives the same logits,
     for an image and for a darker copy of it, as PyTorch does at a size other than the traced one."""

@@ -120,6 +120,7 @@ torch.save({"mixed": out.get("mixed"), "image": out["image"], "label": out["labe
 """
 
 
+@pytest.mark.slow
 def test_mixing_draws_are_the_same_in_every_process(tmp_path):
     """Resuming runs in a new process, with a new string-hash seed: the draws must not depend on it."""
     import os

@@ -49,6 +49,7 @@ def _run(folder: Path, require_all: bool) -> tuple[dict[str, int], str]:
     return counts, proc.stdout
 
 
+@pytest.mark.slow
 def test_missing_package_skips_fail_under_require_all_and_other_skips_stay(tmp_path):
     shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
     for name, text in SUITE.items():

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 import fcnkit
-from conftest import randomize_
+from conftest import random_model
 from fcnkit.models.heads.fcn import ShiftedResize, bilinear_kernel, make_upsampler
 from fcnkit.models.weights import fcnkit_to_torchfcn
 from reference_torchfcn import TorchfcnFCN
@@ -18,10 +18,10 @@ VGG_FCNS = {
 }
 
 
-@pytest.fixture(scope="module")
-def vgg_models():
-    torch.manual_seed(0)
-    return {name: randomize_(fcnkit.create_model(name, num_classes=21), seed=1).eval() for name in VGG_FCNS}
+def _meta_models(names=VGG_FCNS) -> dict[str, torch.nn.Module]:
+    """Shapes only (the meta device): parameter counts and output sizes without computing anything."""
+    with torch.device("meta"):
+        return {name: fcnkit.create_model(name, num_classes=21).eval() for name in names}
 
 
 # Parameter counts of the reference FCNs for 21 classes (frozen deconvolutions included).
@@ -34,17 +34,15 @@ def vgg_models():
         ("fcn8s_atonce_vgg16", 134_489_759),
     ],
 )
-@pytest.mark.slow
-def test_parameter_counts(vgg_models, name, count):
-    assert sum(p.numel() for p in vgg_models[name].parameters()) == count
+def test_parameter_counts(name, count):
+    assert sum(p.numel() for p in _meta_models([name])[name].parameters()) == count
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 7), (17, 31), (32, 32), (33, 65), (64, 48), (97, 131)])
 @torch.no_grad()
-@pytest.mark.slow
-def test_output_is_exactly_input_size(vgg_models, size):
-    x = torch.randn(1, 3, *size)
-    for name, model in vgg_models.items():
+def test_output_is_exactly_input_size(size):
+    x = torch.empty(1, 3, *size, device="meta")
+    for name, model in _meta_models().items():
         out = model(x)["out"]
         assert out.shape == (1, 21, *size), name
 
@@ -52,10 +50,12 @@ def test_output_is_exactly_input_size(vgg_models, size):
 @pytest.mark.parametrize("name", list(VGG_FCNS))
 @torch.no_grad()
 @pytest.mark.slow
-def test_logits_equal_torchfcn_layout(vgg_models, name):
+def test_logits_equal_torchfcn_layout(name):
     """A torchfcn-layout state dict (incl. the `model_state_dict` checkpoint form) gives the same logits."""
-    ref = randomize_(TorchfcnFCN(21, VGG_FCNS[name]), seed=2).eval()
-    ours = vgg_models[name]  # its random weights are replaced entirely here; the tests above only use shapes
+    ref = random_model(lambda: TorchfcnFCN(21, VGG_FCNS[name]), seed=2).eval()
+    with torch.device("meta"):
+        ours = fcnkit.create_model(name, num_classes=21)
+    ours.to_empty(device="cpu")  # every value comes from the torchfcn state dict below
     result = ours.load_state_dict(fcnkit.models.zoo.to_fcnkit_layout(ref.state_dict()), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     ours.eval()
@@ -69,7 +69,7 @@ def test_logits_equal_torchfcn_layout(vgg_models, name):
 
 @pytest.mark.slow
 def test_torchfcn_checkpoint_file_loads_via_weights(tmp_path):
-    ref = randomize_(TorchfcnFCN(5, "16s"), seed=3).eval()
+    ref = random_model(lambda: TorchfcnFCN(5, "16s"), seed=3).eval()
     path = tmp_path / "model_best.pth.tar"
     torch.save({"epoch": 3, "model_state_dict": ref.state_dict()}, path)
     model = fcnkit.create_model("fcn16s_vgg16", weights=path).eval()
@@ -117,14 +117,15 @@ def test_bilinear_resize_matches_deconv_geometry(factor):
 @pytest.mark.parametrize("upsample", ["bilinear", "nearest_conv"])
 @pytest.mark.slow
 def test_alternative_upsamplers_keep_geometry(upsample):
-    model = randomize_(fcnkit.create_model("fcn8s_vgg16", num_classes=4, upsample=upsample)).eval()
+    model = random_model(lambda: fcnkit.create_model("fcn8s_vgg16", num_classes=4, upsample=upsample)).eval()
     with torch.no_grad():
         for size in [(1, 1), (31, 45)]:
             assert model(torch.randn(1, 3, *size))["out"].shape == (1, 4, *size)
-    n_deconv = sum(p.numel() for p in fcnkit.create_model("fcn8s_vgg16", num_classes=4).parameters())
-    n_bilinear = sum(
-        p.numel() for p in fcnkit.create_model("fcn8s_vgg16", num_classes=4, upsample="bilinear").parameters()
-    )
+    with torch.device("meta"):  # counts only
+        n_deconv = sum(p.numel() for p in fcnkit.create_model("fcn8s_vgg16", num_classes=4).parameters())
+        n_bilinear = sum(
+            p.numel() for p in fcnkit.create_model("fcn8s_vgg16", num_classes=4, upsample="bilinear").parameters()
+        )
     assert n_deconv - n_bilinear == 4 * 4 * (16 + 16 + 256)  # the three k4/k4/k16 deconvolutions
 
 
@@ -132,7 +133,7 @@ def test_alternative_upsamplers_keep_geometry(upsample):
 @pytest.mark.slow
 def test_atonce_scales_pool_taps_before_scoring():
     """At-once = FCN-8s whose score_pool4/score_pool3 see pool4 x 0.01 and pool3 x 0.0001 (linearity check)."""
-    atonce = randomize_(fcnkit.create_model("fcn8s_atonce_vgg16", num_classes=3), seed=4).eval()
+    atonce = random_model(lambda: fcnkit.create_model("fcn8s_atonce_vgg16", num_classes=3), seed=4).eval()
     plain = fcnkit.create_model("fcn8s_vgg16", num_classes=3).eval()
     plain.load_state_dict(atonce.state_dict())
     plain.classifier.score_pool4.weight.mul_(0.01)
@@ -143,7 +144,7 @@ def test_atonce_scales_pool_taps_before_scoring():
 
 @pytest.mark.slow
 def test_vgg16_imagenet_import_reshapes_classifier(tmp_path):
-    tv = torchvision.models.vgg16(weights=None)
+    tv = random_model(lambda: torchvision.models.vgg16(weights=None), seed=6)
     path = tmp_path / "vgg16-imagenet.pth"
     torch.save(tv.state_dict(), path)
     model = fcnkit.create_model("fcn32s_vgg16", num_classes=21, backbone_weights=path)
@@ -160,7 +161,7 @@ def test_vgg16_imagenet_import_reshapes_classifier(tmp_path):
 
 @pytest.mark.slow
 def test_vgg16_bn_import(tmp_path):
-    tv = randomize_(torchvision.models.vgg16_bn(weights=None))
+    tv = random_model(lambda: torchvision.models.vgg16_bn(weights=None))
     path = tmp_path / "vgg16_bn.pth"
     torch.save(tv.state_dict(), path)
     model = fcnkit.create_model("fcn8s_vgg16", num_classes=21, batch_norm=True, backbone_weights=path)
@@ -173,14 +174,14 @@ def test_vgg16_bn_import(tmp_path):
 def test_caffe_vgg16_file_keeps_caffe_preprocessing(tmp_path):
     """A file named like the declared Caffe VGG16 conversion gets its BGR / 0-255 preprocessing."""
     path = tmp_path / "vgg16_from_caffe.pth"
-    torch.save(torchvision.models.vgg16(weights=None).state_dict(), path)
+    torch.save(random_model(lambda: torchvision.models.vgg16(weights=None)).state_dict(), path)
     model = fcnkit.create_model("fcn32s_vgg16", backbone_weights=path)
     assert model.preprocessing == fcnkit.CAFFE_BGR
 
 
 @pytest.mark.slow
 def test_staged_init_copies_same_named_layers(tmp_path):
-    fcn32 = randomize_(fcnkit.create_model("fcn32s_vgg16", num_classes=21), seed=5)
+    fcn32 = random_model(lambda: fcnkit.create_model("fcn32s_vgg16", num_classes=21), seed=5)
     fcn32.preprocessing = fcnkit.CAFFE_BGR
     ckpt = fcnkit.save_checkpoint(tmp_path / "fcn32s.pth", fcn32)
     fcn16 = fcnkit.create_model("fcn16s_vgg16", num_classes=21, init_from=ckpt)

@@ -201,6 +201,7 @@ def _curves(log: Path, out: Path) -> Path:
     return vis.plot_learning_curves(*read_run_log(log), out)
 
 
+@pytest.mark.slow
 def test_learning_curves_with_and_without_evaluation(tmp_path: Path) -> None:
     out = _curves(_write_log(tmp_path / "run" / "metrics.jsonl"), tmp_path / "a" / "curves.png")
     assert out == tmp_path / "a" / "curves.png"
