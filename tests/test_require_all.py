@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SUITE = {
     "test_whole_module.py": """
 import pytest
