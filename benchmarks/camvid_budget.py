@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         type=Path,
         metavar="JSON",
-        help="train nothing: summarise these results files (summary.json or benchmarks/results_camvid_*.json) per "
+        help="train nothing: summarise these results files (summary.json or benchmarks/results/camvid_*.json) per "
         "run and fold, against --baseline when it is one of their runs",
     )
     parser.add_argument("--minutes", type=float, default=30.0)

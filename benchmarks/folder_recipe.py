@@ -10,16 +10,16 @@ walkthrough (docs/own-data.md) tells a user to run:
     fcnkit eval RUN/last.pth --json ...               # the model as shipped: EMA weights, the recipe's passes
     fcnkit eval RUN/last.pth --tta none --json ...    # one pass
 
-and compares the held-out drive's mIoU with the CamVid recipe's (``benchmarks/results_camvid_x008.json``: the same
+and compares the held-out drive's mIoU with the CamVid recipe's (``benchmarks/results/camvid_x008.json``: the same
 settings trained through the ``camvid`` dataset by ``benchmarks/camvid_budget.py``, 0006R0 46.05 with the passes
 over two seeds, 47.01 / 45.08). The figures are those of the run's end (``last.pth``), not of its best epoch,
 which would be chosen on the held-out drive.
 
     python benchmarks/folder_recipe.py --data ../shared/data/camvid --out runs/folder_recipe --fold 0006R0 --seeds 1
-    python benchmarks/folder_recipe.py --report benchmarks/results_folder_recipe.json \
-        --pair benchmarks/results_folder_recipe_camvid_pair.json
+    python benchmarks/folder_recipe.py --report benchmarks/results/folder_recipe.json \
+        --pair benchmarks/results/folder_recipe_camvid_pair.json
 
-Writes one row per seed to ``--results`` (default ``benchmarks/results_folder_recipe.json``), with the command,
+Writes one row per seed to ``--results`` (default ``benchmarks/results/folder_recipe.json``), with the command,
 the commit, the machine and the date. Training is timed by its own clock; nothing else should use the CPU.
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "folder" / "cpu_budget30_fcn4s_regnetx008.yaml"
-CAMVID_RESULTS = REPO / "benchmarks" / "results_camvid_x008.json"
+CAMVID_RESULTS = REPO / "benchmarks" / "results" / "camvid_x008.json"
 CAMVID_RUN = "fcnkit nw+regnetx_008+image_norm+bf16+enet+fcn4s+gamma0.5"
 
 
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--fold", default="0006R0", help="the drive held out (default 0006R0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides for fcnkit train")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results_folder_recipe.json")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "folder_recipe.json")
     parser.add_argument("--report", type=Path, help="print the comparison of a results file and exit")
     parser.add_argument(
         "--pair",

@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--data", type=Path, required=True, help="a folder dataset (classes.yaml, images, masks)")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results_model_consistency.json")
+    parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "model_consistency.json")
     args = parser.parse_args()
 
     import torch

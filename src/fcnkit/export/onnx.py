@@ -18,7 +18,7 @@ Known limit (torch 2.14): ``nn.AdaptiveAvgPool2d`` to more than 1x1 cells, as in
 fail at any other size. The parity check catches it; export such models with ``dynamic=False`` at the size
 they will run at. Global pooling (1x1, DeepLabV3's image pooling) is exported correctly.
 
-``onnx``, ``onnxscript`` and ``onnxruntime`` are optional (``pip install 'fcnkit[onnx]'``) and imported lazily.
+``onnx``, ``onnxscript`` and ``onnxruntime`` are regular dependencies of fcnkit, imported lazily (at the first export).
 """
 
 from __future__ import annotations

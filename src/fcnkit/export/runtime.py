@@ -3,8 +3,8 @@
 ``OnnxRuntimeModel`` reads a file written by :func:`fcnkit.export.export_onnx` back as a model:
 ``model(x)["out"]``, ``.card`` (so ``.preprocessing``, ``.classes``, ``.palette``, the recipe's passes) and
 ``.num_classes``, so
-:class:`fcnkit.Predictor` runs it in place of a torch model. ``onnxruntime`` is optional
-(``pip install 'fcnkit[onnx]'``) and imported when a model is built.
+:class:`fcnkit.Predictor` runs it in place of a torch model. ``onnxruntime`` is a regular dependency,
+imported when a model is built.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def require_onnx(module: str) -> Any:
-    """``onnx``, ``onnxscript`` or ``onnxruntime``, or an error naming the ``fcnkit[onnx]`` extra."""
+    """``onnx``, ``onnxscript`` or ``onnxruntime``; in an install made without them (``--no-deps``), an error
+    naming the ``fcnkit[onnx]`` extra that brings them."""
     return require(module, "onnx", "ONNX export and ONNX Runtime inference")
 
 
