@@ -35,11 +35,15 @@ against training minutes) under ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import json
 import math
 import platform
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -48,10 +52,72 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fcnkit.apps.benchmark import device_name
+from fcnkit.engine.runlog import read_run_log
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "configs" / "camvid" / "budget30_fcn8s_camvid.yaml"
 SMALL = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
+
+
+@dataclasses.dataclass
+class Row:
+    """One run's figures on one fold: an entry of ``summary.json`` and of ``benchmarks/results/camvid_*.json``.
+
+    ``miou``, ``pixel_acc`` and ``iou`` are percentages; ``curve`` is (training minutes, mIoU) at each evaluation;
+    ``settings`` the recipe overrides of the run (``test.*`` for test-time passes); ``repeat`` says why a seed was
+    measured again (it is shown as ``0r`` and counts once). ``command``, ``commit`` and ``date`` say what wrote it.
+    """
+
+    run: str
+    seed: int
+    fold: str
+    train_minutes: float
+    steps: int
+    images_per_s: float
+    miou: float
+    pixel_acc: float
+    iou: dict[str, float]
+    curve: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    settings: list[str] = dataclasses.field(default_factory=list)
+    cpu: str | None = None
+    repeat: str | None = None
+    command: str | None = None
+    commit: str | None = None
+    date: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Row:
+        """A row from its JSON form; a field this class does not know is an error naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)} in a CamVid results row ({data.get('run')!r})")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @property
+    def key(self) -> tuple[str, int, str, bool]:
+        return self.run, self.seed, self.fold, bool(self.repeat)
+
+
+def load_rows(path: Path) -> list[Row]:
+    return [Row.from_dict(r) for r in json.loads(Path(path).read_text())]
+
+
+def save_rows(path: Path, rows: Sequence[Row]) -> None:
+    Path(path).write_text(json.dumps([r.to_dict() for r in rows], indent=1) + "\n")
+
+
+def provenance() -> dict[str, str]:
+    """The command line, commit and date a new row records."""
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return {
+        "command": "python benchmarks/camvid_budget.py " + " ".join(sys.argv[1:]),
+        "commit": git.stdout.strip() or "unknown",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
 
 
 class PaddedPeer(nn.Module):
@@ -92,25 +158,27 @@ def _record(
     ips: float,
     minutes: float,
     curve: list[tuple[float, float]],
-) -> dict:
+    fold: str = "val",
+) -> Row:
     """One row of the summary from an evaluation (``SegMetrics.as_dict()``) and the run's figures."""
-    return {
-        "run": kind,
-        "seed": seed,
-        "fold": "val",
-        "train_minutes": minutes,
-        "steps": steps,
-        "images_per_s": ips,
-        "miou": val["miou"] * 100,
-        "pixel_acc": val["pixel_acc"] * 100,
-        "iou": {c: float(v) * 100 for c, v in zip(classes, val["iou"], strict=True)},
-        "curve": curve,
-        "cpu": device_name(torch.device("cpu")),
-    }
+    return Row(
+        run=kind,
+        seed=seed,
+        fold=fold,
+        train_minutes=minutes,
+        steps=steps,
+        images_per_s=ips,
+        miou=val["miou"] * 100,
+        pixel_acc=val["pixel_acc"] * 100,
+        iou={c: float(v) * 100 for c, v in zip(classes, val["iou"], strict=True)},
+        curve=curve,
+        cpu=device_name(torch.device("cpu")),
+        **provenance(),
+    )
 
 
-def run_fcnkit(args: argparse.Namespace, seed: int, out: Path, fold: str = "val") -> dict:
-    """Train (or resume / reuse a finished run in ``out``) and read the figures back from ``metrics.jsonl``."""
+def run_fcnkit(args: argparse.Namespace, seed: int, out: Path, fold: str = "val") -> Row:
+    """Train (or resume / reuse a finished run in ``out``) and read the figures back from its run log."""
     from fcnkit.config import load_config
     from fcnkit.data import build_dataset
     from fcnkit.engine.train import train
@@ -127,9 +195,7 @@ def run_fcnkit(args: argparse.Namespace, seed: int, out: Path, fold: str = "val"
     ]
     # with --fresh where a run lives, training goes to a new folder (out-2 ...): read the run it made
     out = train(load_config(str(args.recipe), overrides)).run_dir
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    evaluations = [r for r in records if "val" in r]
-    steps = [r for r in records if "loss_total" in r]
+    steps, evaluations = read_run_log(out / "metrics.jsonl")
     curve = [(r["train_minutes"], r["val"]["miou"] * 100) for r in evaluations]
     classes = list(build_dataset("camvid", args.data, "val").classes)
     last = steps[-1]  # images_per_s is cumulative over the run (resumed runs included)
@@ -142,10 +208,11 @@ def run_fcnkit(args: argparse.Namespace, seed: int, out: Path, fold: str = "val"
         last["images_per_s"],
         last["train_minutes"],
         curve,
+        fold,
     )
 
 
-def run_peer(args: argparse.Namespace, seed: int, out: Path, fold: str = "val") -> dict:
+def run_peer(args: argparse.Namespace, seed: int, out: Path, fold: str = "val") -> Row:
     import segmentation_models_pytorch as smp
 
     from fcnkit.data import TrainTransform, build_dataset, pad_collate
@@ -206,38 +273,38 @@ def run_peer(args: argparse.Namespace, seed: int, out: Path, fold: str = "val") 
             next_eval += args.eval_every * 60.0
     log.close()
     return _record(
-        "smp FPN R18", seed, metrics.as_dict(), list(val_set.classes), steps, images / spent, spent / 60, curve
+        "smp FPN R18", seed, metrics.as_dict(), list(val_set.classes), steps, images / spent, spent / 60, curve, fold
     )
 
 
-def seed_label(row: dict) -> str:
+def seed_label(row: Row) -> str:
     """A row's seed as the tables show it: ``0``, or ``0r`` for a seed run again (a row with a ``repeat`` field)."""
-    return f"{row['seed']}{'r' * bool(row.get('repeat'))}"
+    return f"{row.seed}{'r' * bool(row.repeat)}"
 
 
-def seed_means(rows: list[dict], value: Callable[[dict], float] = lambda r: r["miou"]) -> list[float]:
+def seed_means(rows: list[Row], value: Callable[[Row], float] = lambda r: r.miou) -> list[float]:
     """``value`` averaged per seed over ``rows`` (one run and fold): a seed run again counts once."""
     by_seed: dict[int, list[float]] = {}
     for r in rows:
-        by_seed.setdefault(r["seed"], []).append(value(r))
+        by_seed.setdefault(r.seed, []).append(value(r))
     return [sum(v) / len(v) for v in by_seed.values()]
 
 
-def print_table(rows: list[dict]) -> None:
-    classes = list(rows[0]["iou"])
+def print_table(rows: list[Row]) -> None:
+    classes = list(rows[0].iou)
     short = [c[:9] for c in classes]
-    w = max(14, *(len(r["run"]) + 1 for r in rows))
+    w = max(14, *(len(r.run) + 1 for r in rows))
     print(
         f"{'run':<{w}}{'fold':>8}{'seed':>5}{'min':>6}{'steps':>7}{'img/s':>7}{'mIoU':>7}  "
         + " ".join(f"{c:>9}" for c in short)
     )
     for r in rows:
         print(
-            f"{r['run']:<{w}}{r.get('fold', 'val'):>8}{seed_label(r):>5}{r['train_minutes']:>6.1f}{r['steps']:>7}"
-            f"{r['images_per_s']:>7.2f}{r['miou']:>7.2f}  " + " ".join(f"{r['iou'][c]:>9.2f}" for c in classes)
+            f"{r.run:<{w}}{r.fold:>8}{seed_label(r):>5}{r.train_minutes:>6.1f}{r.steps:>7}"
+            f"{r.images_per_s:>7.2f}{r.miou:>7.2f}  " + " ".join(f"{r.iou[c]:>9.2f}" for c in classes)
         )
-    for kind, fold in dict.fromkeys((r["run"], r.get("fold", "val")) for r in rows):
-        same = [r for r in rows if r["run"] == kind and r.get("fold", "val") == fold]
+    for kind, fold in dict.fromkeys((r.run, r.fold) for r in rows):
+        same = [r for r in rows if r.run == kind and r.fold == fold]
         mious = seed_means(same)
         smalls = seed_means(same, small_classes_mean)
         mean = sum(mious) / len(mious)
@@ -249,14 +316,14 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
-def report(rows: list[dict], baseline: str | None = None) -> list[str]:
+def report(rows: list[Row], baseline: str | None = None) -> list[str]:
     """One line per (run, fold) of a results file: each seed's mIoU, the mean over seeds and their spread (max -
     min), the steps and images/s of the runs, and the mean's difference from ``baseline``'s on the same fold (a run
     name, e.g. the recipe as filed). A seed measured again (a row with a ``repeat`` field) is shown as ``0r`` and
     counts once: its runs are averaged before the mean over seeds."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
-        groups.setdefault((r["run"], r.get("fold", "val")), []).append(r)
+        groups.setdefault((r.run, r.fold), []).append(r)
 
     per_seed = {key: seed_means(same) for key, same in groups.items()}
     means = {key: sum(v) / len(v) for key, v in per_seed.items()}
@@ -266,12 +333,12 @@ def report(rows: list[dict], baseline: str | None = None) -> list[str]:
         f"{'steps':>11}  {'img/s':>11}  vs baseline"
     ]
     for (run, fold), same in groups.items():
-        same = sorted(same, key=lambda r: (r["seed"], bool(r.get("repeat"))))
-        values = ", ".join(f"{seed_label(r)}: {r['miou']:.2f}" for r in same)
+        same = sorted(same, key=lambda r: (r.seed, bool(r.repeat)))
+        values = ", ".join(f"{seed_label(r)}: {r.miou:.2f}" for r in same)
         seeds = per_seed[(run, fold)]
         spread = f"{max(seeds) - min(seeds):.2f}" if len(seeds) > 1 else "-"
-        steps = sorted(r["steps"] for r in same)
-        ips = sorted(r["images_per_s"] for r in same)
+        steps = sorted(r.steps for r in same)
+        ips = sorted(r.images_per_s for r in same)
         vs = ""
         if baseline is not None and (baseline, fold) in means and run != baseline:
             vs = f"{means[(run, fold)] - means[(baseline, fold)]:+.2f}"
@@ -282,13 +349,13 @@ def report(rows: list[dict], baseline: str | None = None) -> list[str]:
     return lines
 
 
-def small_classes_mean(row: dict) -> float:
+def small_classes_mean(row: Row) -> float:
     """Mean IoU of the classes in ``SMALL`` (those the row reports)."""
-    values = [row["iou"][c] for c in SMALL if c in row["iou"]]
+    values = [row.iou[c] for c in SMALL if c in row.iou]
     return sum(values) / len(values)
 
 
-def print_ablation(rows: list[dict], baseline: str = "fcnkit") -> None:
+def print_ablation(rows: list[Row], baseline: str = "fcnkit") -> None:
     """Each change against the ``baseline`` run of the same seed and fold (default the plain recipe): what it cost or
     gave. A change is a tagged fcnkit run whose overrides include all of the baseline's (``--baseline``)."""
     base, changed = _pairs(rows, baseline)
@@ -298,35 +365,32 @@ def print_ablation(rows: list[dict], baseline: str = "fcnkit") -> None:
     for r in [base[k] for k in sorted(base)] + changed:
         b = base[_seed_fold(r)]
         print(
-            f"{r['run']:<38}{r.get('fold', 'val'):>8}{r['seed']:>5}{r['miou']:>7.2f}{r['miou'] - b['miou']:>+7.2f}"
+            f"{r.run:<38}{r.fold:>8}{r.seed:>5}{r.miou:>7.2f}{r.miou - b.miou:>+7.2f}"
             f"{small_classes_mean(r):>7.2f}{small_classes_mean(r) - small_classes_mean(b):>+7.2f}"
-            f"{r['images_per_s']:>7.2f}  {' '.join(r.get('settings', []))}"
+            f"{r.images_per_s:>7.2f}  {' '.join(r.settings)}"
         )
     for line in ablation_summary(rows, baseline):
         print(line)
 
 
-def _seed_fold(row: dict) -> tuple[int, str]:
-    return row["seed"], row.get("fold", "val")
+def _seed_fold(row: Row) -> tuple[int, str]:
+    return row.seed, row.fold
 
 
-def _pairs(rows: list[dict], baseline: str) -> tuple[dict[tuple[int, str], dict], list[dict]]:
+def _pairs(rows: list[Row], baseline: str) -> tuple[dict[tuple[int, str], Row], list[Row]]:
     """The baseline's rows by (seed, fold), and the rows that change it (a superset of its overrides) and have a
     baseline row of their seed and fold."""
-    base = {_seed_fold(r): r for r in rows if r["run"] == baseline}
-    kept = {s for b in base.values() for s in b.get("settings", [])}
+    base = {_seed_fold(r): r for r in rows if r.run == baseline}
+    kept = {s for b in base.values() for s in b.settings}
     changed = [
         r
         for r in rows
-        if r["run"].startswith("fcnkit")
-        and r["run"] != baseline
-        and _seed_fold(r) in base
-        and kept <= set(r.get("settings", []))
+        if r.run.startswith("fcnkit") and r.run != baseline and _seed_fold(r) in base and kept <= set(r.settings)
     ]
     return base, changed
 
 
-def ablation_summary(rows: list[dict], baseline: str = "fcnkit") -> list[str]:
+def ablation_summary(rows: list[Row], baseline: str = "fcnkit") -> list[str]:
     """Per change and fold: the mean mIoU delta over the seeds both runs have, against the baseline's seed spread.
 
     A change counts as a gain or a loss only when its mean delta exceeds the spread (max - min) of the baseline's
@@ -335,11 +399,11 @@ def ablation_summary(rows: list[dict], baseline: str = "fcnkit") -> list[str]:
     lines = []
     base, changed = _pairs(rows, baseline)
     whose = "the recipe's" if baseline == "fcnkit" else f"{baseline}'s"
-    for kind, fold in dict.fromkeys((r["run"], r.get("fold", "val")) for r in changed):
-        pairs = [(r, base[(r["seed"], fold)]) for r in changed if r["run"] == kind and r.get("fold", "val") == fold]
-        deltas = [r["miou"] - b["miou"] for r, b in pairs]
+    for kind, fold in dict.fromkeys((r.run, r.fold) for r in changed):
+        pairs = [(r, base[(r.seed, fold)]) for r in changed if r.run == kind and r.fold == fold]
+        deltas = [r.miou - b.miou for r, b in pairs]
         mean = sum(deltas) / len(deltas)
-        own = [b["miou"] for (s, f), b in base.items() if f == fold]
+        own = [b.miou for (s, f), b in base.items() if f == fold]
         spread = max(own) - min(own) if len(own) > 1 else None
         if spread is None:
             verdict = f"one seed of {baseline}: no spread to judge by"
@@ -354,7 +418,7 @@ def ablation_summary(rows: list[dict], baseline: str = "fcnkit") -> list[str]:
     return lines
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[Row], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,17 +427,16 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     colors: dict[str, str] = {}  # one colour per run, one line style per seed
     for r in rows:
-        if r["curve"]:
-            xs, ys = zip(*r["curve"], strict=True)
+        if r.curve:
+            xs, ys = zip(*r.curve, strict=True)
             ax.plot(
                 xs,
                 ys,
                 marker="o",
                 ms=3,
-                color=colors.setdefault(r["run"], f"C{len(colors)}"),
-                linestyle=("-", "--", ":", "-.")[r["seed"] % 4],
-                label=f"{r['run']} seed {r['seed']}"
-                + (f" ({r['fold']} held out)" if r.get("fold", "val") != "val" else ""),
+                color=colors.setdefault(r.run, f"C{len(colors)}"),
+                linestyle=("-", "--", ":", "-.")[r.seed % 4],
+                label=f"{r.run} seed {r.seed}" + (f" ({r.fold} held out)" if r.fold != "val" else ""),
             )
     ax.set_xlabel("training minutes (evaluation excluded)")
     ax.set_ylabel("CamVid mIoU (%), 360x480: val, or the held-out drive")
@@ -403,7 +466,7 @@ TTA = {
 }
 
 
-def tta_row(args: argparse.Namespace, recipe_row: dict, name: str, run_dir: Path) -> dict:
+def tta_row(args: argparse.Namespace, recipe_row: Row, name: str, run_dir: Path) -> Row:
     """The fcnkit run of ``run_dir`` (its final EMA weights, those its last evaluation scored) evaluated again
     on its fold with the test-time inference ``TTA[name]``: an ablation row that needs no training, named after the
     run (``fcnkit tta_flip``, ``fcnkit no_class_weights tta_flip``)."""
@@ -412,25 +475,24 @@ def tta_row(args: argparse.Namespace, recipe_row: dict, name: str, run_dir: Path
     from fcnkit.data import build_dataset
     from fcnkit.engine.evaluate import evaluate
 
-    split = fold_data(recipe_row.get("fold", "val"))
+    split = fold_data(recipe_row.fold)
     options = split["val_options"] if split["val_options"] is not None else split["options"]
     val_set = build_dataset("camvid", args.data, split["val_split"], **options)
     model = load_checkpoint(run_dir / "last.pth")  # the EMA weights when the run kept them (weights="auto")
     metrics = evaluate(model, val_set, inference=InferenceConfig(**TTA[name]))
     row = _record(
-        f"{recipe_row['run']} tta_{name}",
-        recipe_row["seed"],
+        f"{recipe_row.run} tta_{name}",
+        recipe_row.seed,
         metrics.as_dict(),
         list(val_set.classes),
-        recipe_row["steps"],
-        recipe_row["images_per_s"],
-        recipe_row["train_minutes"],
+        recipe_row.steps,
+        recipe_row.images_per_s,
+        recipe_row.train_minutes,
         [],
+        recipe_row.fold,
     )
-    row["fold"] = recipe_row.get("fold", "val")
-    row["settings"] = list(recipe_row.get("settings", [])) + [
-        f"test.{key}={json.dumps(value)}" for key, value in TTA[name].items()
-    ]
+    row.repeat = recipe_row.repeat
+    row.settings = list(recipe_row.settings) + [f"test.{key}={json.dumps(value)}" for key, value in TTA[name].items()]
     return row
 
 
@@ -473,6 +535,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also evaluate the fcnkit runs with test-time inference: "
         + "; ".join(f"{name} = {', '.join(f'{k} {v}' for k, v in cfg.items())}" for name, cfg in TTA.items()),
     )
+    parser.add_argument(
+        "--repeat",
+        metavar="REASON",
+        help="a seed measured again (another machine, another day): keep the earlier row beside the new one, which "
+        "records REASON; the report shows it as 0r and counts the seed once",
+    )
     parser.add_argument("--eval-every", type=float, default=5.0, help="minutes between the peer's evaluations")
     parser.add_argument("--workers", type=int, default=2, help="the peer's data-loading processes")
     parser.add_argument("--out", type=Path, default=Path("runs/camvid_budget"))
@@ -483,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.report:
-        rows = [row for path in args.report for row in json.loads(path.read_text())]
+        rows = [row for path in args.report for row in load_rows(path)]
         for line in report(rows, args.baseline):
             print(line)
         return 0
@@ -491,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--data is required (unless --report)")
     args.out.mkdir(parents=True, exist_ok=True)
     summary_path = args.out / "summary.json"
-    rows = json.loads(summary_path.read_text()) if summary_path.exists() else []
+    rows = load_rows(summary_path) if summary_path.exists() else []
     for fold in args.fold:
         for seed in args.seeds:
             for kind in args.runs:
@@ -500,18 +568,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"== {name}: {args.minutes:g} min of training", flush=True)
                 row = (run_fcnkit if kind == "fcnkit" else run_peer)(args, seed, args.out / name, fold)
                 if kind == "fcnkit" and args.tag:
-                    row["run"] = f"fcnkit {args.tag}"
-                row["settings"] = args.set if kind == "fcnkit" else []
-                row["fold"] = fold
-                key = (row["run"], seed, fold)
-                rows = [r for r in rows if (r["run"], r["seed"], r.get("fold", "val")) != key] + [row]
-                summary_path.write_text(json.dumps(rows, indent=1))
+                    row.run = f"fcnkit {args.tag}"
+                row.settings = args.set if kind == "fcnkit" else []
+                row.repeat = args.repeat
+                # a run measured again replaces its row, unless --repeat keeps both
+                rows = [r for r in rows if r.key != row.key] + [row]
+                save_rows(summary_path, rows)
                 if kind == "fcnkit":
                     for tta in args.tta:
                         extra = tta_row(args, row, tta, args.out / name)
-                        key = (extra["run"], seed, fold)
-                        rows = [r for r in rows if (r["run"], r["seed"], r.get("fold", "val")) != key] + [extra]
-                        summary_path.write_text(json.dumps(rows, indent=1))
+                        rows = [r for r in rows if r.key != extra.key] + [extra]
+                        save_rows(summary_path, rows)
     print_table(rows)
     print_ablation(rows, args.baseline)
     plot(rows, args.out / "miou_vs_minutes.png")

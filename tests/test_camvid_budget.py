@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", 
 def _script():
     spec = importlib.util.spec_from_file_location("camvid_budget", REPO / "benchmarks" / "camvid_budget.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
     spec.loader.exec_module(module)
     return module
 
@@ -129,9 +131,10 @@ def test_held_out_drive_fold_trains_without_it_and_scores_only_it(tmp_path, caps
     assert "smp FPN R18 on held-out drive 0006R0" in printed
 
 
-def _row(run, seed, miou, small_iou, ips=10.0, settings=()):
+def _row(run, seed, miou, small_iou, ips=10.0, settings=(), fold="val", steps=100, **extra):
     iou = {c: (small_iou if c in ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist") else 80.0) for c in CLASSES}
-    return {"run": run, "seed": seed, "miou": miou, "iou": iou, "images_per_s": ips, "settings": list(settings)}
+    fields = {"run": run, "seed": seed, "fold": fold, "train_minutes": 1.0, "steps": steps, "images_per_s": ips}
+    return {**fields, "miou": miou, "pixel_acc": 90.0, "iou": iou, "settings": list(settings), **extra}
 
 
 def test_ablation_rows_are_compared_with_the_recipe_of_the_same_seed(capsys):
@@ -144,6 +147,7 @@ def test_ablation_rows_are_compared_with_the_recipe_of_the_same_seed(capsys):
         _row("fcnkit nchw", 1, 48.25, 10.0, ips=8.0, settings=["channels_last=false"]),
         _row("fcnkit other", 2, 30.0, 1.0),
     ]
+    rows = [script.Row.from_dict(r) for r in rows]
     assert script.small_classes_mean(rows[3]) == 12.5
     script.print_ablation(rows)
     lines = capsys.readouterr().out.splitlines()
@@ -177,6 +181,7 @@ def test_changes_on_top_of_another_run_are_compared_with_it(capsys):
         _row("fcnkit nw+scale", 1, 38.5, 9.0, settings=[nw, "data.scale_range=[0.5,2.0]"]),
         _row("fcnkit jitter", 0, 31.0, 5.0, settings=["data.color_jitter=0.4"]),  # not on top of nw: left out
     ]
+    rows = [script.Row.from_dict(r) for r in rows]
     script.print_ablation(rows, "fcnkit nw")
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[:4] for line in lines[1:5]] == [
@@ -200,13 +205,21 @@ def test_changes_on_top_of_another_run_are_compared_with_it(capsys):
     assert len(summary) == 3 and summary[2].startswith("fcnkit jitter on val: mean delta +1.00 over 1 seed(s)")
 
 
+def test_a_results_row_with_a_field_no_script_writes_is_refused():
+    script = _script()
+    row = _row("fcnkit", 0, 50.0, 20.0, curve=[[1.0, 40.0]])
+    assert script.Row.from_dict(row).to_dict() == row  # round trip
+    with pytest.raises(ValueError, match=r"unknown field.*pair.*'fcnkit'"):
+        script.Row.from_dict({**row, "pair": "a note written by hand"})
+
+
 def test_report_averages_a_repeated_seed_before_the_mean_over_seeds(tmp_path, capsys):
     """--report: per run and fold, the seeds' values, their mean (a repeated seed counted once) and spread, and the
     difference from the baseline's mean on the same fold; nothing is trained."""
     script = _script()
 
     def row(run, seed, miou, fold="0006R0", steps=100, ips=10.0, **extra):
-        return {**_row(run, seed, miou, 10.0, ips=ips), "fold": fold, "steps": steps, **extra}
+        return _row(run, seed, miou, 10.0, ips=ips, fold=fold, steps=steps, **extra)
 
     old = [row("fcnkit (as filed)", 0, 34.0, steps=3000, ips=13.0), row("fcnkit (as filed)", 1, 37.0, ips=14.5)]
     new = [
@@ -242,7 +255,7 @@ def test_per_class_table_marks_a_repeated_seed_and_counts_it_once(capsys):
     ]
     for r in rows:
         r.update(fold="0006R0", steps=100, train_minutes=30.0)
-    script.print_table(rows)
+    script.print_table([script.Row.from_dict(r) for r in rows])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[3] for line in lines[1:4]] == ["0", "0r", "1"]
     # seeds (41 + 42) / 2 = 41.5 and 44: mean 42.75 over 2 seeds, not 42.33 over 3

@@ -63,8 +63,8 @@ def add_inference_args(p: argparse.ArgumentParser) -> None:
         "--backend",
         choices=("auto", "torch", "onnxruntime", "openvino"),
         default="auto",
-        help="auto (default): ONNX Runtime on CPU when installed, the fastest exact path there (see README "
-        "'Speed'; the export is cached under $FCNKIT_CACHE/onnx), PyTorch otherwise and on CUDA; openvino: "
+        help="auto (default): ONNX Runtime on CPU, the fastest exact path there (docs: 'Speed'; the export is "
+        "cached under $FCNKIT_CACHE/onnx), PyTorch on CUDA and for models the exporter cannot take; openvino: "
         "the same ONNX file compiled by OpenVINO (fcnkit[openvino])",
     )
     add_weights_arg(p)

@@ -1,8 +1,8 @@
 """``make_group_splits``: ``splits/*.txt`` for a folder dataset that keep every group on one side.
 
 Frames of one video, tiles of one scene or slices of one patient are near-copies: split at random, a validation
-score measures how well the model remembers the training frames next to them (see README, "Validation that does
-not leak"). This assigns whole groups to the validation and test splits (their samples adding up to about the
+score measures how well the model remembers the training frames next to them (see the docs' design notes,
+"Validation that does not leak"). This assigns whole groups to the validation and test splits (their samples adding up to about the
 fractions asked for), the rest to training, and writes one stem per line in ``root/splits/<split>.txt``, which
 the folder format reads (layout 2: ``images/*`` with ``splits/<split>.txt``).
 

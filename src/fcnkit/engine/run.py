@@ -230,7 +230,7 @@ def build_run(cfg: TrainConfig) -> Run:
         log.warning(
             f"train and val share {len(leaking)} group(s) ({', '.join(leaking)}): validation frames have neighbours "
             "in training, so val mIoU measures memory more than generalisation. Hold out whole groups: "
-            "data.options.exclude_groups / data.val_options.groups (see README, 'Validation that does not leak')"
+            "data.options.exclude_groups / data.val_options.groups (see docs/design.md, 'Validation that does not leak')"
         )
     if cfg.data.check_labels:
         _stop_on_label_traps(train_set, cfg.data)
