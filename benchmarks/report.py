@@ -120,7 +120,7 @@ def serve_load() -> str:
 
 
 def index() -> str:
-    """The data files and what wrote them."""
+    """The data files and what wrote them (CAMVID: where the CamVid folder was on the measuring machine)."""
     lines = ["| file | rows | written by |", "|---|---|---|"]
     for path in sorted(RESULTS.iterdir()):
         if path.suffix != ".json":
@@ -128,7 +128,8 @@ def index() -> str:
         data = json.loads(path.read_text())
         rows = len(data["rows"]) if isinstance(data, dict) and "rows" in data else len(data)
         command = COMMANDS.get(path.name) or _own_command(data) or "-"
-        lines.append(f"| `{path.name}` | {rows} | `{command.split('   #')[0]}` |")
+        command = re.sub(r"\S*shared/data/camvid", "CAMVID", command.split("   #")[0])  # the machine's own path
+        lines.append(f"| `{path.name}` | {rows} | `{command}` |")
     return "\n".join(lines)
 
 
