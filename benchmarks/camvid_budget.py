@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -51,11 +49,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fcnkit.apps.benchmark import device_name
+from fcnkit.apps.benchmark import device_name, provenance
 from fcnkit.engine.runlog import read_run_log
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = REPO / "configs" / "camvid" / "budget30_fcn8s_camvid.yaml"
+#: this invocation, as a row records it
+COMMAND = "python benchmarks/camvid_budget.py " + " ".join(sys.argv[1:])
 SMALL = ("Pole", "SignSymbol", "Fence", "Pedestrian", "Bicyclist")
 
 
@@ -108,16 +108,6 @@ def load_rows(path: Path) -> list[Row]:
 
 def save_rows(path: Path, rows: Sequence[Row]) -> None:
     Path(path).write_text(json.dumps([r.to_dict() for r in rows], indent=1) + "\n")
-
-
-def provenance() -> dict[str, str]:
-    """The command line, commit and date a new row records."""
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return {
-        "command": "python benchmarks/camvid_budget.py " + " ".join(sys.argv[1:]),
-        "commit": git.stdout.strip() or "unknown",
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
 
 
 class PaddedPeer(nn.Module):
@@ -173,7 +163,7 @@ def _record(
         iou={c: float(v) * 100 for c, v in zip(classes, val["iou"], strict=True)},
         curve=curve,
         cpu=device_name(torch.device("cpu")),
-        **provenance(),
+        **{k: v for k, v in provenance(COMMAND).items() if k != "machine"},  # the machine is in cpu
     )
 
 

@@ -26,9 +26,7 @@ the commit, the machine and the date. Training is timed by its own clock; nothin
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -74,15 +72,8 @@ def fcnkit(*args: str) -> None:
     subprocess.run(command, check=True, cwd=REPO)
 
 
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
-
-
 def run_seed(args: argparse.Namespace, folder: Path, seed: int) -> dict:
-    import torch
-
-    from fcnkit.apps.benchmark import device_name
+    from fcnkit.apps.benchmark import provenance
 
     run = args.out / f"{args.fold}_seed{seed}"
     train_args = [str(RECIPE), f"data.root={folder}", f"seed={seed}", f"output_dir={run}", *args.set]
@@ -107,11 +98,8 @@ def run_seed(args: argparse.Namespace, folder: Path, seed: int) -> dict:
         "steps": last["step"],
         "images_per_s": last["images_per_s"],
         "train_minutes": last["train_minutes"],
-        "command": "python benchmarks/folder_recipe.py " + " ".join(sys.argv[1:]),
         "train_command": "fcnkit train " + " ".join(train_args),
-        "commit": commit(),
-        "machine": f"{device_name(torch.device('cpu'))}, {platform.machine()}",
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **provenance("python benchmarks/folder_recipe.py " + " ".join(sys.argv[1:])),
     }
 
 

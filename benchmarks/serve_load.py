@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 import fcnkit
+from fcnkit.apps.benchmark import provenance
 from fcnkit.inference import expand_inputs
 
 
@@ -57,26 +58,6 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _provenance() -> dict[str, str]:
-    """What a results file records beside its figures: the command, commit, machine and date."""
-    import datetime
-    import platform
-
-    import torch
-
-    from fcnkit.apps.benchmark import device_name
-
-    git = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
-    )
-    return {
-        "command": "python benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
-        "commit": git.stdout.strip() or "unknown",
-        "machine": f"{device_name(torch.device('cpu'))}, {platform.machine()}",
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
 
 
 def main() -> int:
@@ -265,7 +246,7 @@ def main() -> int:
     for r in wrong[:10]:
         print("WRONG:", r)
     if args.json:
-        figures.update(_provenance())
+        figures.update(provenance("python benchmarks/serve_load.py " + " ".join(sys.argv[1:])))
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     return 0 if not wrong and alive and not figures["server_errors_5xx"] else 1
 

@@ -2,14 +2,19 @@
 
 import argparse
 import csv
+import datetime
 import json
+import platform
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import fcnkit
-from fcnkit.apps.benchmark import BenchResult, benchmark, device_name, write_csv, write_json
+from fcnkit.apps.benchmark import BenchResult, benchmark, device_name, provenance, write_csv, write_json
 from fcnkit.cli.benchmark import add_parsers as add_benchmark_parser
 
 
@@ -178,3 +183,15 @@ def test_cpu_name_carries_the_family_and_model_numbers(tmp_path, monkeypatch):
     assert device_name(torch.device("cpu")) == "AMD EPYC 9B14 (family 25, model 17)"
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Some ARM core\n")  # no family / model: the name alone
     assert device_name(torch.device("cpu")) == "Some ARM core"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_provenance_names_the_checkout_commit_machine_and_date():
+    record = provenance("python benchmarks/x.py --seeds 1")
+    here = Path(__file__).resolve().parent
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+    assert record["command"] == "python benchmarks/x.py --seeds 1"
+    assert record["commit"] == (head.stdout.strip() or "unknown")
+    assert record["machine"] == f"{device_name(torch.device('cpu'))}, {platform.machine()}"
+    written = datetime.datetime.strptime(record["date"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    assert abs((datetime.datetime.now(datetime.UTC) - written).total_seconds()) < 60

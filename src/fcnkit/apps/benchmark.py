@@ -378,6 +378,27 @@ def device_name(device: torch.device) -> str:
     return name
 
 
+def provenance(command: str) -> dict[str, str]:
+    """What a results file records beside its figures: the ``command`` that made them, the commit of the code that
+    ran (``unknown`` outside a git checkout), the machine (:func:`device_name` and the architecture) and the UTC
+    date. The benchmarks of ``benchmarks/`` write it so that a table generated from their files can say how."""
+    import datetime
+    import subprocess
+
+    try:
+        git = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:  # no git on this machine
+        git = ""
+    return {
+        "command": command,
+        "commit": git or "unknown",
+        "machine": f"{device_name(torch.device('cpu'))}, {platform.machine()}",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
 def _protocol(
     device: torch.device,
     dtype: torch.dtype,
