@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
 import fcnkit
-from fcnkit.apps.benchmark import device_name, time_interleaved
+from fcnkit.apps.benchmark import ResultsTable, device_name, time_interleaved
 
 #: FastFCN README, ResNet-50 unless noted: frames per second of (dilated baseline, JPU model).
 PUBLISHED_FPS = {
@@ -46,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--num-classes", type=int, default=59, help="59: Pascal Context, as published")
     parser.add_argument("--aux", action="store_true", help="build the aux head too (FastFCN's FPS runs did)")
+    parser.add_argument("--json", type=Path, help="also save the table with its command, commit and machine here")
     return parser.parse_args(argv)
 
 
@@ -63,7 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
 
-    rows = []
+    table = ResultsTable(
+        {
+            "model": "{}",
+            "ms/image (median)": "{:.1f}",
+            "ms/image (min)": "{:.1f}",
+            "FPS": "{:.2f}",
+            "JPU speed-up": "{:.2f}x",
+            "FastFCN paper (GPU)": "{}",
+        },
+        command=" ".join(["python benchmarks/fastfcn_speed.py", *sys.argv[1:]]),
+    )
     for head in args.heads:
         names = {kind: f"{head}_resnet{args.depth}_{kind}" for kind in ("jpu", "d8")}
         models = {names[kind]: build(names[kind], args, device) for kind in ("d8", "jpu")}
@@ -80,29 +93,30 @@ def main(argv: list[str] | None = None) -> int:
             f"{published[1] / published[0]:.2f}x ({published[1]:.1f} vs {published[0]:.1f} FPS)" if published else "n/a"
         )
         for kind in ("d8", "jpu"):
-            name = names[kind]
-            median, best = ms[name]
-            speedup = f"{ratio:.2f}x" if kind == "jpu" else ""
-            rows.append(
-                (name, f"{median:.1f}", f"{best:.1f}", f"{1000 / median:.2f}", speedup, paper if kind == "jpu" else "")
+            median, best = ms[names[kind]]
+            table.add(
+                model=names[kind],
+                FPS=1000 / median,
+                **{"ms/image (median)": median, "ms/image (min)": best},
+                **({"JPU speed-up": ratio, "FastFCN paper (GPU)": paper} if kind == "jpu" else {}),
             )
 
-    header = ("model", "ms/image (median)", "ms/image (min)", "FPS", "JPU speed-up", "FastFCN paper (GPU)")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    print(line.format(*header))
-    print("-" * (sum(widths) + 2 * (len(widths) - 1)))
-    for row in rows:
-        print(line.format(*row))
-    print(
-        f"\nprotocol: input {args.batch}x3x{args.size}x{args.size} float32, {args.num_classes} classes, "
+    for line in table.lines():
+        print(line)
+    table.protocol = (
+        f"input {args.batch}x3x{args.size}x{args.size} float32, {args.num_classes} classes, "
         f"aux head {'on' if args.aux else 'off'}, random weights, eval + inference_mode, "
         f"{args.warmup} warm-up and {args.repeats} timed passes per model (models alternating), "
         f"median (and min) of the timed passes, whole forward incl. final resize"
         f"{', cuda synchronize around each pass' if device.type == 'cuda' else ''}; "
         f"device {device.type} ({device_name(device)}), {torch.get_num_threads()} threads; torch {torch.__version__}"
     )
-    print("FastFCN paper: Pascal Context, 512x512, batch 1, GPU, aux and SE branches built, no device sync.")
+    table.notes = ["FastFCN paper: Pascal Context, 512x512, batch 1, GPU, aux and SE branches built, no device sync."]
+    print(f"\nprotocol: {table.protocol}")
+    print(table.notes[0])
+    if args.json:
+        table.save(args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 import fcnkit
+from fcnkit.apps.benchmark import ResultsTable
 from fcnkit.cli.args import dataset_options
 from fcnkit.data import build_dataset
 from fcnkit.engine.evaluate import evaluate
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=64, help="calibration images")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--time-images", type=int, default=10)
+    parser.add_argument("--json", type=Path, help="also save the table with its command, commit and machine here")
     args = parser.parse_args(argv)
     dataset = build_dataset(args.data, args.root, args.split, **dataset_options(args.option))
     eager = fcnkit.load_checkpoint(args.model).eval()
@@ -96,24 +99,43 @@ def main(argv: list[str] | None = None) -> int:
                         model(x)
                     ms[name].append(1000 * (time.perf_counter() - t) / len(images))
     base = results["fp32 eager"][0]
-    print(f"{len(dataset)} images of {args.data}/{args.split} {args.option or ''}; model {args.model}")
-    print(
-        f"{'model':<30}{'mIoU':>8}{'vs fp32':>9}{'argmax agree':>14}{'ms/image':>10}{'vs eager':>10}{'vs fp32 ort':>13}"
+    table = ResultsTable(
+        {
+            "model": "{}",
+            "mIoU": "{:.2f}",
+            "vs fp32": "{:+.2f}",
+            "argmax agree": "{:.3%}",
+            "ms/image": "{:.1f}",
+            "vs eager": "{:.2f}x",
+            "vs fp32 ort": "{:.2f}x",
+            "note": "{}",
+        },
+        command=" ".join(["python benchmarks/int8_accuracy.py", *sys.argv[1:]]),
     )
     for name in models:
         miou, agree = results[name]
         r_eager = statistics.median(e / m for e, m in zip(ms["fp32 eager"], ms[name], strict=True))
         r_fast = statistics.median(f / m for f, m in zip(ms["fp32 onnxruntime"], ms[name], strict=True))
-        print(
-            f"{name:<30}{miou:>8.2f}{miou - base:>+9.2f}{agree:>13.3%}{statistics.median(ms[name]):>10.1f}"
-            f"{r_eager:>9.2f}x{r_fast:>12.2f}x  {notes.get(name, '')}"
+        table.add(
+            model=name,
+            mIoU=miou,
+            note=notes.get(name),
+            **{"vs fp32": miou - base, "argmax agree": agree, "ms/image": statistics.median(ms[name])},
+            **{"vs eager": r_eager, "vs fp32 ort": r_fast},
         )
-    print(
-        f"\nprotocol: mIoU on every image of the split at its own size (one pass, no test-time augmentation); "
+    table.protocol = (
+        f"{len(dataset)} images of {args.data}/{args.split} {' '.join(args.option)}; model {args.model}; "
+        f"mIoU on every image of the split at its own size (one pass, no test-time augmentation); "
         f"timing: {args.rounds} interleaved rounds over {len(images)} images after one warm-up each, median ms/image, "
         f"ratios = median per-round ratios ({platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__})"
     )
+    for line in table.lines():
+        print(line)
+    print(f"\nprotocol: {table.protocol}")
+    if args.json:
+        table.save(args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 
 import fcnkit
-from fcnkit.apps.benchmark import count_flops, time_interleaved, timed
+from fcnkit.apps.benchmark import ResultsTable, count_flops, time_interleaved, timed
 from fcnkit.inference import optimize_for_inference, resolve_backend
 from fcnkit.utils import compare_logits
 
@@ -159,7 +159,21 @@ def peer_and_fcnkit(case: str) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     return peer, ours, "torchfcn-layout FCN8s"
 
 
-def run_case(case: str, paths: list[str], args: argparse.Namespace, device: torch.device, peak: float) -> None:
+COLUMNS = {
+    "case": "{}",
+    "path": "{}",
+    "median ms": "{:.1f}",
+    "p90 ms": "{:.1f}",
+    "GFLOP/s": "{:.1f}",
+    "% peak": "{:.0%}",
+    "vs peer": "{:.2f}x",
+    "check": "{}",
+}
+
+
+def run_case(
+    case: str, paths: list[str], args: argparse.Namespace, device: torch.device, peak: float, table: ResultsTable
+) -> None:
     kind, size = case.split(":")
     h, w = (int(v) for v in size.split("x"))
     peer, ours, peer_name = peer_and_fcnkit(kind)
@@ -183,9 +197,8 @@ def run_case(case: str, paths: list[str], args: argparse.Namespace, device: torc
             with torch.inference_mode():
                 out = fn(x)["out"].float()
             parity = compare_logits(reference, out)
-            checks[path] = (
-                f"max|diff| {parity.max_abs_diff:.1e}, argmax {parity.argmax_agreement:.4%}, prepared in {prepare:.0f} s"
-            )
+            checks[path] = f"max diff {parity.max_abs_diff:.1e}, argmax {parity.argmax_agreement:.4%}"
+            checks[path] += f", prepared in {prepare:.0f} s"
             runners[path] = fn
         with torch.inference_mode():
             runs = {name: functools.partial(fn, x) for name, fn in runners.items()}
@@ -196,6 +209,12 @@ def run_case(case: str, paths: list[str], args: argparse.Namespace, device: torc
         med, p90 = statistics.median(ms), float(np.percentile(ms, 90))
         ratio = statistics.median(p / m for p, m in zip(times["peer"], ms, strict=True))
         shown = f"peer: {peer_name}" if name == "peer" else f"fcnkit {name}"
+        table.add(
+            case=label,
+            path=shown,
+            **{"median ms": med, "p90 ms": p90, "GFLOP/s": gflops / med * 1e3, "% peak": gflops / med * 1e3 / peak},
+            **{"vs peer": ratio, "check": checks.get(name)},
+        )
         print(
             f"{label:<16}{shown:<28}{med:>10.1f}{p90:>9.1f}{gflops / med * 1e3:>9.1f}"
             f"{gflops / med * 1e3 / peak:>8.0%}{ratio:>8.2f}x  {checks.get(name, '')}"
@@ -216,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         default=["resnet:360x480", "resnet:512x512", "vgg:480x640", "timm:360x480", "encnet:480x480"],
         help="MODEL:HxW, MODEL one of resnet, vgg, timm, encnet",
     )
+    parser.add_argument("--json", type=Path, help="also save the table with its command, commit and machine here")
     args = parser.parse_args(argv)
+    table = ResultsTable(COLUMNS, command=" ".join(["python benchmarks/peer_speed.py", *sys.argv[1:]]))
     CALIB["dir"] = args.calib or ""
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -230,13 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for case in args.cases:
-        run_case(case, args.paths, args, device, peak)
-    print(
-        f"\nprotocol: batch 1, fp32 input, random weights shared by peer and fcnkit, eval + inference_mode, "
+        run_case(case, args.paths, args, device, peak, table)
+    table.protocol = (
+        f"batch 1, fp32 input, random weights shared by peer and fcnkit, eval + inference_mode, "
         f"{args.warmup} warm-up forwards per runner, then {args.rounds} interleaved rounds (median, p90; 'vs peer' "
         f"= median of per-round peer/path ratios), GFLOPs counted with FlopCounterMode on the peer "
-        f"({platform.machine()}, {device.type}, {torch.get_num_threads()} CPU threads, torch {torch.__version__})"
+        f"({platform.machine()}, {device.type}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}); "
+        f"% peak against the practical fp32 peak of the same run, the best large matrix multiply: {peak:.1f} GFLOP/s"
     )
+    print(f"\nprotocol: {table.protocol}")
+    if args.json:
+        table.save(args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

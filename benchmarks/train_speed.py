@@ -34,11 +34,13 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
 import fcnkit
-from fcnkit.apps.benchmark import time_interleaved
+from fcnkit.apps.benchmark import ResultsTable, time_interleaved
 from fcnkit.engine.optim import build_optimizer
 from fcnkit.losses import SegmentationLoss
 from fcnkit.utils import tune_malloc
@@ -125,21 +127,39 @@ def loop_against_compute(args: argparse.Namespace) -> int:
     seconds = time_interleaved(timers, torch.device("cpu"), 0, args.rounds)
     images = {"compute": steps * first.cfg.data.batch_size}
     images.update({name: run.batches_per_epoch * run.cfg.data.batch_size for name, (run, _) in runs.items()})
-    header = f"{'setting':<46}{'s/round':>9}{'images/s':>10}{'vs compute':>12}"
-    print(header)
-    print("-" * len(header))
+    table = ResultsTable(
+        {"setting": "{}", "s/round": "{:.1f}", "images/s": "{:.2f}", "vs compute": "{:.1%}"}, command=command()
+    )
     for name, ts in seconds.items():
         rates = [images[name] / t for t in ts]
         ratio = statistics.median(r / (images["compute"] / c) for r, c in zip(rates, seconds["compute"], strict=True))
-        print(f"{name:<46}{statistics.median(ts):>9.1f}{statistics.median(rates):>10.2f}{ratio * 100:>11.1f}%")
+        table.add(
+            setting=name,
+            **{"s/round": statistics.median(ts), "images/s": statistics.median(rates), "vs compute": ratio},
+        )
     cfg = first.cfg
-    print(
-        f"\nprotocol: {args.config} ({cfg.model.name} {cfg.model.options}, batch {cfg.data.batch_size}, crop "
+    table.protocol = (
+        f"{args.config} ({cfg.model.name} {cfg.model.options}, batch {cfg.data.batch_size}, crop "
         f"{cfg.data.crop_size}); {args.rounds} rounds, each: compute = {steps} steps of the loop's step code on one "
         f"fixed batch, then one epoch ({steps} batches) of train_one_epoch per variant; median images/s, ratio = "
         f"median per-round ratio to compute; {args.warmup} untimed warm-up steps per variant; {platform.machine()}, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
+    return finish(table, args)
+
+
+def command() -> str:
+    return " ".join(["python benchmarks/train_speed.py", *sys.argv[1:]])
+
+
+def finish(table: ResultsTable, args: argparse.Namespace) -> int:
+    """Print the table and its protocol; save it with ``--json``."""
+    for line in table.lines():
+        print(line)
+    print(f"\nprotocol: {table.protocol}")
+    if args.json:
+        table.save(args.json)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -160,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--default-malloc", action="store_true", help="keep glibc's default allocator (fcnkit train tunes it)"
     )
+    parser.add_argument("--json", type=Path, help="also save the table with its command, commit and machine here")
     args = parser.parse_args(argv)
     if not args.default_malloc:
         tune_malloc()
@@ -168,24 +189,28 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    header = f"{'model':<20}{'setting':<24}{'ms/step':>9}{'images/s':>10}{'vs fp32':>9}"
-    print(header)
-    print("-" * len(header))
+    base = args.settings[0]
+    table = ResultsTable(
+        {"model": "{}", "setting": "{}", "ms/step": "{:.1f}", "images/s": "{:.1f}", f"vs {base}": "{:.2f}x"},
+        command=command(),
+    )
     for name in args.models:
         steps = {s: make_step(name, s, args, device) for s in args.settings}
         times = time_interleaved(steps, device, args.warmup, args.rounds)
-        base = args.settings[0]
         for s, ts in times.items():
             med = statistics.median(ts)
             ratio = statistics.median(b / t for b, t in zip(times[base], ts, strict=True))
-            print(f"{name:<20}{s:<24}{med * 1000:>9.1f}{args.batch / med:>10.1f}{ratio:>8.2f}x")
-    print(
-        f"\nprotocol: one training step = forward, loss, backward, SGD step, zero_grad; batch {args.batch} of "
+            label = f"{name} ({args.backbone})" if args.backbone else name
+            table.add(
+                model=label, setting=s, **{"ms/step": med * 1000, "images/s": args.batch / med, f"vs {base}": ratio}
+            )
+    table.protocol = (
+        f"one training step = forward, loss, backward, SGD step, zero_grad; batch {args.batch} of "
         f"{args.size[0]}x{args.size[1]}, {args.num_classes} classes, {args.warmup} warm-up steps per setting, "
         f"{args.rounds} interleaved rounds (median; ratio = median per-round ratio against {args.settings[0]}); "
         f"{platform.machine()}, {device.type}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
-    return 0
+    return finish(table, args)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,15 @@ import torch
 from torch import nn
 
 import fcnkit
-from fcnkit.apps.benchmark import BenchResult, benchmark, device_name, provenance, write_csv, write_json
+from fcnkit.apps.benchmark import (
+    BenchResult,
+    ResultsTable,
+    benchmark,
+    device_name,
+    provenance,
+    write_csv,
+    write_json,
+)
 from fcnkit.cli.benchmark import add_parsers as add_benchmark_parser
 
 
@@ -191,7 +199,29 @@ def test_provenance_names_the_checkout_commit_machine_and_date():
     here = Path(__file__).resolve().parent
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
     assert record["command"] == "python benchmarks/x.py --seeds 1"
-    assert record["commit"] == (head.stdout.strip() or "unknown")
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True)
+    expected = head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.stdout.strip() else "unknown"
+    assert record["commit"] == expected
     assert record["machine"] == f"{device_name(torch.device('cpu'))}, {platform.machine()}"
     written = datetime.datetime.strptime(record["date"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
     assert abs((datetime.datetime.now(datetime.UTC) - written).total_seconds()) < 60
+
+
+def test_results_table_prints_aligned_and_saves_its_figures_with_provenance(tmp_path):
+    table = ResultsTable({"model": "{}", "ms": "{:.1f}", "vs eager": "{:.2f}x"}, command="python b.py --x 1")
+    table.add(model="eager", ms=61.25, **{"vs eager": 1.0})
+    table.add(model="onnxruntime", ms=24.94)  # a column left out shows empty
+    assert table.lines() == [
+        "model          ms  vs eager",
+        "eager        61.2     1.00x",
+        "onnxruntime  24.9",
+    ]
+    with pytest.raises(ValueError, match="unknown column"):
+        table.add(model="x", seconds=1)
+    table.protocol = "3 rounds"
+    table.save(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["rows"] == [{"model": "eager", "ms": 61.25, "vs eager": 1.0}, {"model": "onnxruntime", "ms": 24.94}]
+    assert data["columns"]["vs eager"] == "{:.2f}x" and data["protocol"] == "3 rounds"
+    assert data["command"] == "python b.py --x 1" and {"commit", "machine", "date"} <= set(data)
+    assert list(tmp_path.iterdir()) == [tmp_path / "r.json"]  # no temporary file left

@@ -51,6 +51,7 @@ from ..version import __version__
 
 __all__ = [
     "BenchResult",
+    "ResultsTable",
     "benchmark",
     "count_flops",
     "describe_protocol",
@@ -380,23 +381,85 @@ def device_name(device: torch.device) -> str:
 
 def provenance(command: str) -> dict[str, str]:
     """What a results file records beside its figures: the ``command`` that made them, the commit of the code that
-    ran (``unknown`` outside a git checkout), the machine (:func:`device_name` and the architecture) and the UTC
+    ran (``unknown`` outside a git checkout; ``-dirty`` appended when tracked files had uncommitted changes), the machine (:func:`device_name` and the architecture) and the UTC
     date. The benchmarks of ``benchmarks/`` write it so that a table generated from their files can say how."""
     import datetime
     import subprocess
 
+    here = os.path.dirname(__file__)
     try:
-        git = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True, text=True
-        ).stdout.strip()
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
+        )
+        git_id = git.stdout.strip() + ("-dirty" if git.stdout.strip() and changed.stdout.strip() else "")
     except OSError:  # no git on this machine
-        git = ""
+        git_id = ""
     return {
         "command": command,
-        "commit": git or "unknown",
+        "commit": git_id or "unknown",
         "machine": f"{device_name(torch.device('cpu'))}, {platform.machine()}",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+class ResultsTable:
+    """A benchmark's table as data: columns with their display format, one dict per row, the protocol and the
+    :func:`provenance` of the run. The scripts of ``benchmarks/`` print it and save it (``--json``), and
+    ``benchmarks/report.py`` renders the docs' tables from the saved file, so a published figure always has its
+    command, commit, machine and date beside it.
+
+    ``columns`` maps a column name to a ``str.format`` template for its values (``"{:.1f}"``, ``"{:.2f}x"``,
+    ``"{}"``); a row may leave a column out (shown empty).
+    """
+
+    def __init__(self, columns: dict[str, str], *, command: str, protocol: str = "") -> None:
+        self.columns = dict(columns)
+        self.rows: list[dict[str, Any]] = []
+        self.protocol = protocol
+        self.notes: list[str] = []
+        self.command = command
+
+    def add(self, **row: Any) -> dict[str, Any]:
+        """Add a row (column names with spaces are given through ``**{"median ms": v}``); returns it."""
+        unknown = sorted(set(row) - set(self.columns))
+        if unknown:
+            raise ValueError(f"unknown column(s) {', '.join(unknown)}; the table has {', '.join(self.columns)}")
+        self.rows.append(row)
+        return row
+
+    @staticmethod
+    def cell(template: str, value: Any) -> str:
+        return "" if value is None else template.format(value)
+
+    def lines(self) -> list[str]:
+        """The table as aligned text (what the scripts print)."""
+        cells = [[self.cell(t, row.get(c)) for c, t in self.columns.items()] for row in self.rows]
+        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(self.columns)]
+
+        def line(values: Sequence[str]) -> str:
+            return "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+            )
+
+        return [line(list(self.columns)).rstrip(), *(line(r).rstrip() for r in cells)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **provenance(self.command),
+            "protocol": self.protocol,
+            "notes": self.notes,
+            "columns": self.columns,
+            "rows": self.rows,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the table and its provenance as JSON (through a temporary file, so a crash leaves no half file)."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
 
 
 def _protocol(
