@@ -418,7 +418,7 @@ class ResultsTable:
         self.rows: list[dict[str, Any]] = []
         self.protocol = protocol
         self.notes: list[str] = []
-        self.command = command
+        self.provenance = provenance(command)  # taken when the run starts
 
     def add(self, **row: Any) -> dict[str, Any]:
         """Add a row (column names with spaces are given through ``**{"median ms": v}``); returns it."""
@@ -446,7 +446,7 @@ class ResultsTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **provenance(self.command),
+            **self.provenance,
             "protocol": self.protocol,
             "notes": self.notes,
             "columns": self.columns,
