@@ -48,11 +48,9 @@ from fcnkit.utils import tune_malloc
 SETTINGS = ("fp32", "channels_last", "bf16", "channels_last+bf16", "compile", "channels_last+compile")
 
 
-def make_step(name: str, settings: str, args: argparse.Namespace, device: torch.device):
+def make_step(name: str, settings: str, args: argparse.Namespace, device: torch.device, backbone: str | None = None):
     torch.manual_seed(0)
-    model = fcnkit.create_model(
-        name, num_classes=args.num_classes, **({"backbone": args.backbone} if args.backbone else {})
-    )
+    model = fcnkit.create_model(name, num_classes=args.num_classes, **({"backbone": backbone} if backbone else {}))
     model.to(device).train()
     channels_last = "channels_last" in settings
     if channels_last:
@@ -166,7 +164,9 @@ def finish(table: ResultsTable, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["fcn_resnet18_d8", "fcn8s_timm"])
-    parser.add_argument("--backbone", help="timm backbone for fcn*_timm models (default: the model's)")
+    parser.add_argument(
+        "--backbone", nargs="+", help="timm backbone(s) of fcn*_timm models, each timed in turn (default: the model's)"
+    )
     parser.add_argument("--settings", nargs="+", default=["fp32", "channels_last"], choices=SETTINGS)
     parser.add_argument("--size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(224, 288))
     parser.add_argument("--batch", type=int, default=8)
@@ -194,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         {"model": "{}", "setting": "{}", "ms/step": "{:.1f}", "images/s": "{:.1f}", f"vs {base}": "{:.2f}x"},
         command=command(),
     )
-    for name in args.models:
-        steps = {s: make_step(name, s, args, device) for s in args.settings}
+    for name, backbone in [(m, b) for m in args.models for b in args.backbone or [None]]:
+        steps = {s: make_step(name, s, args, device, backbone) for s in args.settings}
         times = time_interleaved(steps, device, args.warmup, args.rounds)
         for s, ts in times.items():
             med = statistics.median(ts)
             ratio = statistics.median(b / t for b, t in zip(times[base], ts, strict=True))
-            label = f"{name} ({args.backbone})" if args.backbone else name
+            label = f"{name} ({backbone})" if backbone else name
             table.add(
                 model=label, setting=s, **{"ms/step": med * 1000, "images/s": args.batch / med, f"vs {base}": ratio}
             )
