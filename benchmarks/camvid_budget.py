@@ -65,7 +65,8 @@ class Row:
 
     ``miou``, ``pixel_acc`` and ``iou`` are percentages; ``curve`` is (training minutes, mIoU) at each evaluation;
     ``settings`` the recipe overrides of the run (``test.*`` for test-time passes); ``repeat`` says why a seed was
-    measured again (it is shown as ``0r`` and counts once). ``command``, ``commit`` and ``date`` say what wrote it.
+    measured again (it is shown as ``0r`` and counts once). ``command``, ``commit`` and ``date`` say what wrote it;
+    ``note`` says how they were filled for a row recorded before the script wrote them itself.
     """
 
     run: str
@@ -84,6 +85,7 @@ class Row:
     command: str | None = None
     commit: str | None = None
     date: str | None = None
+    note: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> Row:
@@ -280,16 +282,17 @@ def seed_means(rows: list[Row], value: Callable[[Row], float] = lambda r: r.miou
     return [sum(v) / len(v) for v in by_seed.values()]
 
 
-def print_table(rows: list[Row]) -> None:
+def run_lines(rows: list[Row]) -> list[str]:
+    """One line per row (its steps, speed, mIoU and every class's IoU), then each run's mean over seeds."""
     classes = list(rows[0].iou)
     short = [c[:9] for c in classes]
     w = max(14, *(len(r.run) + 1 for r in rows))
-    print(
+    lines = [
         f"{'run':<{w}}{'fold':>8}{'seed':>5}{'min':>6}{'steps':>7}{'img/s':>7}{'mIoU':>7}  "
         + " ".join(f"{c:>9}" for c in short)
-    )
+    ]
     for r in rows:
-        print(
+        lines.append(
             f"{r.run:<{w}}{r.fold:>8}{seed_label(r):>5}{r.train_minutes:>6.1f}{r.steps:>7}"
             f"{r.images_per_s:>7.2f}{r.miou:>7.2f}  " + " ".join(f"{r.iou[c]:>9.2f}" for c in classes)
         )
@@ -300,10 +303,11 @@ def print_table(rows: list[Row]) -> None:
         mean = sum(mious) / len(mious)
         spread = f", seeds {min(mious):.2f} .. {max(mious):.2f}" if len(mious) > 1 else ""
         where = "val (frames of a training drive)" if fold == "val" else f"held-out drive {fold}"
-        print(
+        lines.append(
             f"{kind} on {where}: mean mIoU over {len(mious)} seed(s) {mean:.2f}{spread}; "
             f"mean IoU of {', '.join(SMALL)}: {sum(smalls) / len(smalls):.2f}"
         )
+    return lines
 
 
 def report(rows: list[Row], baseline: str | None = None) -> list[str]:
@@ -339,28 +343,65 @@ def report(rows: list[Row], baseline: str | None = None) -> list[str]:
     return lines
 
 
+def merge_commands(commands: list[str]) -> list[str]:
+    """``camvid_budget.py`` commands of one fold that differ only in their ``--seeds`` and ``--tta`` values, merged
+    into one command each (the script takes several of each), in their first order."""
+    merged: dict[str, dict[str, list[str]]] = {}
+    for command in commands:
+        command, _, comment = command.partition("   #")
+        values: dict[str, list[str]] = {"--fold": [], "--seeds": [], "--tta": []}
+        rest: list[str] = []
+        words = command.split(" ")
+        i = 0
+        while i < len(words):
+            if words[i] in values:
+                i += 1
+                while i < len(words) and words[i] and not words[i].startswith("--"):
+                    values[_option(words, i)].append(words[i])
+                    i += 1
+            else:
+                rest.append(words[i])
+                i += 1
+        key = " ".join([*rest, "--fold", *values.pop("--fold")]) + (f"   #{comment}" if comment else "")
+        into = merged.setdefault(key, {"--seeds": [], "--tta": []})
+        for option, got in values.items():
+            into[option] += [v for v in got if v not in into[option]]
+    lines = []
+    for key, values in merged.items():
+        command, _, comment = key.partition("   #")
+        options = " ".join(f"{o} {' '.join(v)}" for o, v in values.items() if v)
+        lines.append(f"{command} {options}".strip() + (f"   #{comment}" if comment else ""))
+    return lines
+
+
+def _option(words: list[str], i: int) -> str:
+    """The option whose values run through ``words[i]``."""
+    while not words[i].startswith("--"):
+        i -= 1
+    return words[i]
+
+
 def small_classes_mean(row: Row) -> float:
     """Mean IoU of the classes in ``SMALL`` (those the row reports)."""
     values = [row.iou[c] for c in SMALL if c in row.iou]
     return sum(values) / len(values)
 
 
-def print_ablation(rows: list[Row], baseline: str = "fcnkit") -> None:
+def ablation_lines(rows: list[Row], baseline: str = "fcnkit") -> list[str]:
     """Each change against the ``baseline`` run of the same seed and fold (default the plain recipe): what it cost or
     gave. A change is a tagged fcnkit run whose overrides include all of the baseline's (``--baseline``)."""
     base, changed = _pairs(rows, baseline)
     if not changed:
-        return
-    print(f"{'run':<38}{'fold':>8}{'seed':>5}{'mIoU':>7}{'delta':>7}{'small':>7}{'delta':>7}{'img/s':>7}  overrides")
+        return []
+    lines = [f"{'run':<38}{'fold':>8}{'seed':>5}{'mIoU':>7}{'delta':>7}{'small':>7}{'delta':>7}{'img/s':>7}  overrides"]
     for r in [base[k] for k in sorted(base)] + changed:
         b = base[_seed_fold(r)]
-        print(
+        lines.append(
             f"{r.run:<38}{r.fold:>8}{r.seed:>5}{r.miou:>7.2f}{r.miou - b.miou:>+7.2f}"
             f"{small_classes_mean(r):>7.2f}{small_classes_mean(r) - small_classes_mean(b):>+7.2f}"
             f"{r.images_per_s:>7.2f}  {' '.join(r.settings)}"
         )
-    for line in ablation_summary(rows, baseline):
-        print(line)
+    return lines + ablation_summary(rows, baseline)
 
 
 def _seed_fold(row: Row) -> tuple[int, str]:
@@ -497,6 +538,13 @@ def main(argv: list[str] | None = None) -> int:
         help="train nothing: summarise these results files (summary.json or benchmarks/results/camvid_*.json) per "
         "run and fold, against --baseline when it is one of their runs",
     )
+    parser.add_argument(
+        "--show",
+        choices=["summary", "runs", "ablation", "commands"],
+        default="summary",
+        help="with --report: one line per run and fold (summary), per row with every class (runs), each change "
+        "against --baseline (ablation), or the commands that recorded the rows (commands)",
+    )
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--runs", nargs="+", default=["fcnkit", "peer"], choices=["fcnkit", "peer"])
@@ -542,7 +590,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.report:
         rows = [row for path in args.report for row in load_rows(path)]
-        for line in report(rows, args.baseline):
+        show = {"summary": lambda: report(rows, args.baseline), "runs": lambda: run_lines(rows)}
+        show["ablation"] = lambda: ablation_lines(rows, args.baseline)
+        show["commands"] = lambda: merge_commands([r.command or f"# {r.run}: no command recorded" for r in rows])
+        for line in show[args.show]():
             print(line)
         return 0
     if args.data is None:
@@ -569,8 +620,8 @@ def main(argv: list[str] | None = None) -> int:
                         extra = tta_row(args, row, tta, args.out / name)
                         rows = [r for r in rows if r.key != extra.key] + [extra]
                         save_rows(summary_path, rows)
-    print_table(rows)
-    print_ablation(rows, args.baseline)
+    for line in run_lines(rows) + ablation_lines(rows, args.baseline):
+        print(line)
     plot(rows, args.out / "miou_vs_minutes.png")
     print(f"wrote {summary_path} and {args.out / 'miou_vs_minutes.png'}")
     print(

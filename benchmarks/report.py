@@ -24,20 +24,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 #: the Markdown files that hold generated tables
-PAGES = ("README.md", "docs/results.md", "docs/serving.md", "docs/studies/camvid.md", "docs/index.md")
-MARKER = re.compile(r"(<!-- report:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
-
-#: the commands that wrote each data file (files written before the scripts recorded their own command)
-COMMANDS = {
-    "camvid_x008.json": "python benchmarks/camvid_budget.py --data CAMVID --out runs/pair30 --minutes 30 "
-    "--fold 0006R0 --runs fcnkit --seeds 1 --tag nw+regnetx_008+image_norm+bf16+enet+fcn4s+gamma0.5 "
-    "--set loss.class_weights=enet model.options.backbone=regnetx_008 model.options.input_norm=image amp=bf16 "
-    "model.name=fcn4s_timm data.gamma_jitter=0.5 --tta flip_ms_up flip_ms_up4   # then seed 2, then --fold 0001TP",
-    "camvid_pair30_fcn4s.json": "PYTHONPATH=src python benchmarks/camvid_budget.py --data CAMVID --out runs/pair30 "
-    "--minutes 30 --fold 0006R0 --runs fcnkit --seeds 5   # in a worktree of commit 59a981e; then seed 6",
-    "camvid_heldout30.json": "python benchmarks/camvid_budget.py --data CAMVID --out runs/heldout30 --minutes 30 "
-    "--fold 0006R0 --runs peer --seeds 0   # then --fold 0001TP",
-}
+PAGES = (
+    "README.md",
+    "docs/results.md",
+    "docs/serving.md",
+    "docs/studies/camvid.md",
+    "docs/index.md",
+    "docs/speed.md",
+)
+MARKER = re.compile(r"(<!-- report:(?P<name>[\w.:+-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)", re.S)
 
 RECIPE = "fcnkit nw+regnetx_008+image_norm+bf16+enet+fcn4s+gamma0.5"
 BASELINE = "fcnkit (as filed, 59a981e)"
@@ -90,10 +85,23 @@ def camvid_heldout() -> str:
         "`camvid_pair30_fcn4s.json`, `camvid_heldout30.json`, written by:",
         "",
         "```bash",
-        *(COMMANDS[f] for f in ("camvid_x008.json", "camvid_pair30_fcn4s.json", "camvid_heldout30.json")),
+        *_camvid_script().merge_commands([_short(r["command"]) for r in recipe + baseline + peer]),
         "```",
     ]
     return "\n".join(lines)
+
+
+def speed_summary() -> str:
+    """One line on inference speed against the peers, from ``peer_speed_cpu.json``."""
+    d = load("peer_speed_cpu.json")
+    ratio = {(r["case"], r["path"]): r["vs peer"] for r in d["rows"]}
+    resnet, vgg = ratio[("resnet 360x480", "fcnkit onnxruntime")], ratio[("vgg 480x640", "fcnkit onnxruntime")]
+    return (
+        f"**Speed**: on 2 CPU cores, fcnkit's default inference path (ONNX Runtime) runs torchvision's "
+        f"`fcn_resnet50` {resnet:.2f}x as fast as torchvision at 360x480, and torchfcn's VGG16 FCN-8s {vgg:.2f}x as "
+        f"fast at 480x640, with the same arg-max (measured {d['date'][:10]} on {d['machine'].split(',')[0]}, "
+        f"interleaved rounds: `{_short(d['command'])}`, data `benchmarks/results/peer_speed_cpu.json`)."
+    )
 
 
 def serve_load() -> str:
@@ -112,35 +120,138 @@ def serve_load() -> str:
         f"images of {', '.join(d['sizes'])} pixels. Data: `benchmarks/results/serve_load.json`, written by:",
         "",
         "```bash",
-        "python benchmarks/serve_load.py --model runs/demo/train/best.pth --images runs/demo/data/images/test "
-        "--json benchmarks/results/serve_load.json",
+        _short(d["command"]),
         "```",
     ]
     return "\n".join(lines)
 
 
+def _short(command: str) -> str:
+    """A recorded command without the measuring machine's own paths: CAMVID for the CamVid folder, paths
+    relative to the checkout."""
+    command = re.sub(r"\S*shared/data/camvid", "CAMVID", command)
+    return re.sub(r"/\S*?/(runs|benchmarks|configs)/", r"\1/", command)
+
+
+def _provenance(data: list | dict) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The commands, commits, machines and dates a data file records (per file, or per row)."""
+    records = [data] if isinstance(data, dict) else data
+    pick = {key: sorted({str(r.get(key)) for r in records if r.get(key)}) for key in ("command", "commit", "date")}
+    machines = sorted({str(r.get("machine") or r.get("cpu") or "not recorded") for r in records})
+    return [_short(c) for c in pick["command"]], pick["commit"], machines, pick["date"]
+
+
+def _dates(dates: list[str]) -> str:
+    days = sorted({d[:10] for d in dates})
+    return "-" if not days else days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+
+
 def index() -> str:
     """The data files and what wrote them (CAMVID: where the CamVid folder was on the measuring machine)."""
-    lines = ["| file | rows | written by |", "|---|---|---|"]
-    for path in sorted(RESULTS.iterdir()):
-        if path.suffix != ".json":
-            continue
+    lines = ["| file | rows | recorded | commit(s) | machine(s) | written by |", "|---|---|---|---|---|---|"]
+    for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
-        rows = len(data["rows"]) if isinstance(data, dict) and "rows" in data else len(data)
-        command = COMMANDS.get(path.name) or _own_command(data) or "-"
-        command = re.sub(r"\S*shared/data/camvid", "CAMVID", command.split("   #")[0])  # the machine's own path
-        lines.append(f"| `{path.name}` | {rows} | `{command}` |")
+        rows = (
+            len(data["rows"])
+            if isinstance(data, dict) and "rows" in data
+            else 1
+            if isinstance(data, dict)
+            else len(data)
+        )
+        commands, commits, machines, dates = _provenance(data)
+        commits_shown = ", ".join(commits) if len(commits) <= 3 else f"{len(commits)} commits"
+        if len(commands) == 1:
+            command = f"`{commands[0]}`"
+        else:  # one command per row: the script
+            scripts = sorted({re.search(r"benchmarks/\w+\.py", c)[0] for c in commands if "benchmarks/" in c})
+            command = f"{len(commands)} commands of {', '.join(f'`{s}`' for s in scripts)} (one per row)"
+        lines.append(
+            f"| `{path.name}` | {rows} | {_dates(dates)} | {commits_shown} | {'; '.join(machines)} | {command} |"
+        )
     return "\n".join(lines)
 
 
-def _own_command(data: list | dict) -> str | None:
-    """The command a file records itself (the newer scripts write one per file or per row)."""
-    if isinstance(data, dict):
-        return data.get("command")
-    return next((r["command"] for r in data if isinstance(r, dict) and r.get("command")), None)
+def table(name: str) -> str:
+    """A table a benchmark saved with ``ResultsTable`` (``benchmarks/results/NAME``): its rows as Markdown, then its
+    protocol, notes and provenance."""
+    data = load(name)
+    columns: dict[str, str] = data["columns"]
+    shown = [c for c in columns if any(row.get(c) not in (None, "") for row in data["rows"])]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "|".join("---" for _ in shown) + "|"]
+    for row in data["rows"]:
+        cells = ["" if row.get(c) is None else columns[c].format(row[c]) for c in shown]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    lines += ["", f"Protocol: {data['protocol']}."]
+    lines += [f"{note}" for note in data.get("notes", [])]
+    lines += [
+        "",
+        f"Data: `benchmarks/results/{name}`, measured on {data['machine']} on {data['date'][:10]} "
+        f"(commit {data['commit']}), written by:",
+        "",
+        "```bash",
+        _short(data["command"]),
+        "```",
+    ]
+    return "\n".join(lines)
 
 
-TABLES: dict[str, Callable[[], str]] = {"camvid-heldout": camvid_heldout, "serve-load": serve_load, "index": index}
+#: the CamVid study's tables: the --report call of camvid_budget.py that prints each (files, --show, --baseline)
+CAMVID: dict[str, tuple[tuple[str, ...], str, str | None]] = {
+    "heldout-fcn8s": (("camvid_heldout.json", "camvid_heldout30.json"), "summary", BASELINE),
+    "val": (("camvid_budget.json",), "runs", None),
+    "growth": (("camvid_pair30_fcn4s.json", "camvid_gamma30.json", "camvid_x008.json"), "summary", BASELINE),
+    "pair30": (("camvid_pair30.json",), "summary", BASELINE),
+    "sqrt": (("camvid_pair30_sqrt.json",), "summary", BASELINE),
+    "dusk": (("camvid_dusk30.json",), "summary", "fcnkit nw+regnetx_006+image_norm+bf16+enet tta_flip_ms_up"),
+    "ablation10": (("camvid_ablation10.json",), "ablation", "fcnkit"),
+    "screen10": (("camvid_screen10.json",), "ablation", "fcnkit"),
+    "screen10-nw": (("camvid_screen10.json",), "ablation", "fcnkit no_class_weights"),
+}
+
+
+def _camvid_script():
+    import importlib.util
+
+    if "camvid_budget" not in sys.modules:  # its dataclass needs the module registered while it loads
+        spec = importlib.util.spec_from_file_location("camvid_budget", REPO / "benchmarks" / "camvid_budget.py")
+        sys.modules["camvid_budget"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["camvid_budget"])
+    return sys.modules["camvid_budget"]
+
+
+def camvid(name: str) -> str:
+    """A table of the CamVid study, printed by ``camvid_budget.py --report`` from its data files."""
+    files, show, baseline = CAMVID[name]
+    script = _camvid_script()
+    rows = [row for f in files for row in script.load_rows(RESULTS / f)]
+    baseline = baseline or "fcnkit"  # the script's default
+    shown = {"summary": lambda: script.report(rows, baseline), "runs": lambda: script.run_lines(rows)}
+    shown["ablation"] = lambda: script.ablation_lines(rows, baseline)
+    command = "python benchmarks/camvid_budget.py --report " + " ".join(f"benchmarks/results/{f}" for f in files)
+    command += "" if show == "summary" else f" --show {show}"
+    command += f" --baseline '{baseline}'" if baseline != "fcnkit" else ""
+    machines = sorted({r.cpu or "not recorded" for r in rows})
+    return "\n".join(
+        [
+            "```text",
+            f"$ {command}",
+            *shown[show](),
+            "```",
+            "",
+            f"Recorded {_dates([r.date for r in rows if r.date])}; machines: {'; '.join(machines)}. The training commands "
+            f"of these rows: `{command.split(' --show')[0].split(' --baseline')[0]} --show commands`.",
+        ]
+    )
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "camvid-heldout": camvid_heldout,
+    "serve-load": serve_load,
+    "index": index,
+    "speed-summary": speed_summary,
+}
+#: tables with an argument: ``table:FILE.json`` and ``camvid:NAME``
+FAMILIES: dict[str, Callable[[str], str]] = {"table": table, "camvid": camvid}
 
 
 def render(text: str) -> str:
@@ -148,9 +259,14 @@ def render(text: str) -> str:
 
     def fill(m: re.Match) -> str:
         name = m["name"]
-        if name not in TABLES:
-            raise SystemExit(f"unknown table {name!r} (known: {', '.join(TABLES)})")
-        return f"{m.group(1)}{TABLES[name]()}\n{m.group(4)}"
+        family, _, argument = name.partition(":")
+        if name in TABLES:
+            body = TABLES[name]()
+        elif family in FAMILIES and argument:
+            body = FAMILIES[family](argument)
+        else:
+            raise SystemExit(f"unknown table {name!r} (known: {', '.join(TABLES)}, table:FILE, camvid:NAME)")
+        return f"{m.group(1)}{body}\n{m.group(4)}"
 
     return MARKER.sub(fill, text)
 

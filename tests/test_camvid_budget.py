@@ -137,7 +137,7 @@ def _row(run, seed, miou, small_iou, ips=10.0, settings=(), fold="val", steps=10
     return {**fields, "miou": miou, "pixel_acc": 90.0, "iou": iou, "settings": list(settings), **extra}
 
 
-def test_ablation_rows_are_compared_with_the_recipe_of_the_same_seed(capsys):
+def test_ablation_rows_are_compared_with_the_recipe_of_the_same_seed():
     script = _script()
     rows = [
         _row("fcnkit", 0, 50.0, 20.0),
@@ -149,8 +149,7 @@ def test_ablation_rows_are_compared_with_the_recipe_of_the_same_seed(capsys):
     ]
     rows = [script.Row.from_dict(r) for r in rows]
     assert script.small_classes_mean(rows[3]) == 12.5
-    script.print_ablation(rows)
-    lines = capsys.readouterr().out.splitlines()
+    lines = script.ablation_lines(rows)
     # header, the recipe's two seeds, two changes (seed 2 has no recipe row, the peer none), a summary per change
     assert len(lines) == 7
     assert lines[3].split() == [
@@ -168,7 +167,7 @@ def test_ablation_rows_are_compared_with_the_recipe_of_the_same_seed(capsys):
     )
 
 
-def test_changes_on_top_of_another_run_are_compared_with_it(capsys):
+def test_changes_on_top_of_another_run_are_compared_with_it():
     """--baseline: the table pairs each run that keeps the baseline's overrides with the baseline of its seed."""
     script = _script()
     nw = "loss.class_weights=null"
@@ -182,8 +181,7 @@ def test_changes_on_top_of_another_run_are_compared_with_it(capsys):
         _row("fcnkit jitter", 0, 31.0, 5.0, settings=["data.color_jitter=0.4"]),  # not on top of nw: left out
     ]
     rows = [script.Row.from_dict(r) for r in rows]
-    script.print_ablation(rows, "fcnkit nw")
-    lines = capsys.readouterr().out.splitlines()
+    lines = script.ablation_lines(rows, "fcnkit nw")
     assert [line.split()[:4] for line in lines[1:5]] == [
         ["fcnkit", "nw", "val", "0"],
         ["fcnkit", "nw", "val", "1"],
@@ -245,7 +243,7 @@ def test_report_averages_a_repeated_seed_before_the_mean_over_seeds(tmp_path, ca
         script.main([])  # neither --data nor --report
 
 
-def test_per_class_table_marks_a_repeated_seed_and_counts_it_once(capsys):
+def test_per_class_table_marks_a_repeated_seed_and_counts_it_once():
     """The per-class table shows a repeat as ``0r``; its summary line averages the repeat with its seed first."""
     script = _script()
     rows = [
@@ -255,8 +253,7 @@ def test_per_class_table_marks_a_repeated_seed_and_counts_it_once(capsys):
     ]
     for r in rows:
         r.update(fold="0006R0", steps=100, train_minutes=30.0)
-    script.print_table([script.Row.from_dict(r) for r in rows])
-    lines = capsys.readouterr().out.splitlines()
+    lines = script.run_lines([script.Row.from_dict(r) for r in rows])
     assert [line.split()[3] for line in lines[1:4]] == ["0", "0r", "1"]
     # seeds (41 + 42) / 2 = 41.5 and 44: mean 42.75 over 2 seeds, not 42.33 over 3
     assert "mean mIoU over 2 seed(s) 42.75, seeds 41.50 .. 44.00" in lines[4]
