@@ -90,3 +90,48 @@ def test_cli_predicts_a_video_and_names_broken_ones(tmp_path, capsys):
     assert main(["predict", str(ckpt), str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "o")]) == 2
     assert "missing.mp4: no such video file" in capsys.readouterr().err
     assert is_video("a/b.MKV") and is_video("rtsp://cam/1") and not is_video("x.png")
+
+
+class _Slow(torch.nn.Module):
+    """A model that takes ``seconds`` per batch: slower than the frames arrive."""
+
+    def __init__(self, model, seconds):
+        super().__init__()
+        self.model, self.seconds = model, seconds
+        self.preprocessing, self.num_classes = model.preprocessing, model.num_classes
+        self.palette, self.classes = model.palette, None
+
+    def forward(self, x):
+        import time
+
+        time.sleep(self.seconds)
+        return self.model(x)
+
+
+def test_a_live_source_drops_what_the_model_cannot_keep_up_with_and_says_so(tmp_path):
+    """Read as a live source, frames arriving while the model is busy beyond the queue's few are dropped (and
+    counted) instead of piling up; the same clip read as a file loses none."""
+    clip = _clip(tmp_path / "clip.mp4", frames=12)
+    predictor = fcnkit.Predictor(_Slow(_model(), 0.15), batch_size=1, optimize=False)
+    live = predict_video(predictor, clip, tmp_path / "live", live=True, show_progress=False)
+    assert live.dropped > 0 and live.frames + live.dropped == 12
+    frames, _, _ = _decoded_frames(live.overlay)
+    assert len(frames) == live.frames
+    whole = predict_video(predictor, clip, tmp_path / "file", show_progress=False)
+    assert whole.dropped == 0 and whole.frames == 12
+
+
+def test_an_encoder_error_stops_the_run_with_it(tmp_path, monkeypatch):
+    """A failure in the encoding thread reaches the caller; the reader and writer threads end."""
+    import threading
+
+    from fcnkit.inference import video
+
+    def broken(self, rgb, label):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(video.FrameWriter, "write", broken)
+    before = threading.active_count()
+    with pytest.raises(OSError, match="disk full"):
+        predict_video(fcnkit.Predictor(_model()), _clip(tmp_path / "clip.mp4"), tmp_path / "out", show_progress=False)
+    assert threading.active_count() == before

@@ -117,6 +117,48 @@ def _has_colour(img: Image.Image, colour: tuple[int, int, int]) -> bool:
     return bool(np.all(np.array(img) == colour, axis=-1).any())
 
 
+def test_blender_gives_the_bytes_of_the_float_blend() -> None:
+    """The lookup tables hold, for every class and pixel value, what overlay's float32 blend gives: same bytes."""
+    rng = np.random.default_rng(0)
+    palette = voc_palette(256)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    label = rng.integers(0, 256, (37, 53)).astype(np.uint8)
+    for alpha in (0.0, 0.3, 0.5, 0.77, 1.0):
+        expected = np.asarray(vis.overlay(image, label, palette, alpha=alpha))
+        assert np.array_equal(vis.Blender(palette, alpha)(image, label), expected), alpha
+    # a frame given as a strided view (a (3, H, W) tensor permuted) and int64 labels give the same
+    chw = torch.from_numpy(image).permute(2, 0, 1).contiguous()
+    blender = vis.Blender(palette, 0.5)
+    assert np.array_equal(blender(chw.permute(1, 2, 0).numpy(), label.astype(np.int64)), blender(image, label))
+    # by hand: pixel 100 under colour (200, 0, 255) at alpha 0.5 -> 150, 50, 177.5 rounds to even 178
+    one = vis.Blender([(200, 0, 255)], 0.5)(np.full((1, 1, 3), 100, np.uint8), np.zeros((1, 1), np.uint8))
+    assert one[0, 0].tolist() == [150, 50, 178]
+
+
+def test_blender_refuses_classes_without_a_colour() -> None:
+    blender = vis.Blender([(0, 0, 0), (255, 0, 0)], 0.5)
+    with pytest.raises(ValueError, match="class 2, but the palette has 2"):
+        blender(np.zeros((2, 2, 3), np.uint8), np.array([[0, 1], [2, 0]], np.uint8))
+    with pytest.raises(ValueError, match="palette has 2"):
+        blender(np.zeros((1, 2, 3), np.uint8), np.array([[0, -1]]))
+    with pytest.raises(ValueError, match=r"image is \(1, 2\)"):
+        blender(np.zeros((1, 2, 3), np.uint8), np.zeros((2, 2), np.uint8))
+
+
+def test_fast_label_png_holds_the_same_values(tmp_path: Path) -> None:
+    """uint8 labels take the short path and the fast zlib level; the file decodes to the same indices as the
+    int64 path saved at Pillow's default level."""
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 11, (60, 80)).astype(np.uint8)
+    label[:30] = 3  # long runs, as in real label maps
+    palette = voc_palette(11)
+    vis.label_to_palette_png(label, palette).save(tmp_path / "fast.png", compress_level=vis.LABEL_PNG_COMPRESSION)
+    vis.label_to_palette_png(label.astype(np.int64), palette).save(tmp_path / "default.png")
+    fast, default = Image.open(tmp_path / "fast.png"), Image.open(tmp_path / "default.png")
+    assert np.array_equal(np.array(fast), label) and np.array_equal(np.array(default), label)
+    assert fast.getpalette() == default.getpalette()
+
+
 def test_legend_shows_every_class_colour_and_wraps_into_columns() -> None:
     names = CLASSES[:8]
     tall = vis.legend(names, PALETTE)

@@ -55,7 +55,7 @@ from PIL import UnidentifiedImageError
 from ..data import decode_image, voc_palette
 from ..errors import DataError, FcnkitError, ImageTooLargeError, MissingDependencyError
 from ..inference import Predictor, describe_backend, describe_inference
-from ..visualize import label_to_palette_png
+from ..visualize import LABEL_PNG_COMPRESSION, label_to_palette_png
 
 __all__ = [
     "WEB_IMAGE_FORMATS",
@@ -217,7 +217,7 @@ class Service:
 
     def label_png(self, seg: Segmentation) -> bytes:
         buf = io.BytesIO()
-        label_to_palette_png(seg.label, self.palette).save(buf, format="PNG")
+        label_to_palette_png(seg.label, self.palette).save(buf, format="PNG", compress_level=LABEL_PNG_COMPRESSION)
         return buf.getvalue()
 
     def summary(self, seg: Segmentation, label_png: bytes | None = None) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from ..data import voc_palette
 from ..data.io import read_image
 from ..errors import MissingFileError, OutputError
 from ..progress import Progress, ensure_handler, get_logger
-from ..visualize import label_to_palette_png, overlay
-from .predictor import Predictor
+from ..visualize import LABEL_PNG_COMPRESSION, Blender, label_to_palette_png
+from .predictor import Prediction, Predictor
 
 __all__ = ["IMAGE_SUFFIXES", "PredictionReport", "check_outputs", "expand_inputs", "output_names", "predict_files"]
 
@@ -169,6 +169,7 @@ def predict_files(
     check_outputs(paths, list(names.values()), out, overlays, probs)
     out.mkdir(parents=True, exist_ok=True)
     palette = list(predictor.model.palette or voc_palette(predictor.num_classes))
+    blender = Blender(palette, alpha) if overlays else None
     report = PredictionReport([], [])
     total = len(paths)
     if show_progress:
@@ -190,9 +191,13 @@ def predict_files(
         batch: list[tuple[Path, Tensor]] = []
 
         def flush() -> None:
-            preds = predictor.predict_tensor(torch.stack([rgb for _, rgb in batch]), probs=probs)
+            stacked = torch.stack([rgb for _, rgb in batch])
+            if probs:
+                preds = predictor.predict_tensor(stacked, probs=True)
+            else:  # uint8 labels straight from the model's output, no int64 copy
+                preds = [Prediction(label) for label in predictor.predict_labels(stacked).cpu()]
             for (path, rgb), pred in zip(batch, preds, strict=True):
-                args = (out / names[path], path, rgb, pred, palette, alpha if overlays else None, probs)
+                args = (out / names[path], path, rgb, pred, palette, blender, probs)
                 writes.append(io.submit(_write, *args))
             batch.clear()
             while writes and (writes[0].done() or len(writes) > 2 * predictor.batch_size + 2):
@@ -245,16 +250,16 @@ def _decoded(io: ThreadPoolExecutor, paths: list[Path], lookahead: int) -> Itera
 
 
 def _write(
-    base: Path, path: Path, rgb: Tensor, pred: Any, palette: list, alpha: float | None, probs: bool
+    base: Path, path: Path, rgb: Tensor, pred: Any, palette: list, blender: Blender | None, probs: bool
 ) -> tuple[Path, Path]:
-    """The label PNG, the overlay (unless ``alpha`` is None) and the probabilities of one image; ``base`` is the
-    output path without suffix."""
+    """The label PNG, the overlay (with a ``blender``) and the probabilities of one image; ``base`` is the output
+    path without suffix."""
     base.parent.mkdir(parents=True, exist_ok=True)
     label = pred.label.numpy()
     label_png = base.with_name(base.name + ".png")
-    label_to_palette_png(label, palette).save(label_png, pnginfo=png_mark())
-    if alpha is not None:
-        picture = overlay(rgb, label, palette, alpha=alpha)
+    label_to_palette_png(label, palette).save(label_png, pnginfo=png_mark(), compress_level=LABEL_PNG_COMPRESSION)
+    if blender is not None:
+        picture = Image.fromarray(blender(rgb.permute(1, 2, 0).numpy(), label))
         picture.save(base.with_name(base.name + "_overlay.jpg"), quality=92, comment=MARK)
     if probs:
         np.save(base.with_name(base.name + "_probs.npy"), pred.probs.numpy().astype(np.float16))

@@ -12,8 +12,11 @@ keep exact.
 from __future__ import annotations
 
 import os
+import queue
 import re
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,11 +29,22 @@ from ..data import voc_palette
 from ..errors import DataError, MissingFileError, OutputError
 from ..progress import Progress, ensure_handler, get_logger
 from ..utils import require
-from ..visualize import label_to_palette_png, overlay
+from ..visualize import LABEL_PNG_COMPRESSION, Blender, label_to_palette_png
 from .files import MARK, output_names, png_mark, written_by_fcnkit
 from .predictor import Predictor
 
-__all__ = ["VIDEO_SUFFIXES", "VideoReport", "is_video", "predict_video", "video_name", "video_names"]
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "FrameReader",
+    "FrameWriter",
+    "VideoReport",
+    "is_live",
+    "is_video",
+    "open_encoder",
+    "predict_video",
+    "video_name",
+    "video_names",
+]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".gif")
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "/dev/video")
@@ -51,6 +65,8 @@ class VideoReport:
     rate: Fraction
     seconds: float
     labels: Path | None = None
+    #: frames of a live source dropped because the model could not keep up (0 for files)
+    dropped: int = 0
 
     @property
     def frames_per_second(self) -> float:
@@ -119,6 +135,197 @@ def _open(av: Any, source: str) -> Any:
     return container
 
 
+#: frames a pipeline keeps in each of its two queues (decoded frames waiting for the model, segmented frames
+#: waiting for the encoder), per frame of a batch: a slow disk or encoder stalls the model, it never grows memory
+QUEUE_BATCHES = 2
+
+
+def is_live(source: str) -> bool:
+    """A capture device or a network stream: frames arrive in real time whether or not they are taken."""
+    return source.startswith(STREAM_PREFIXES)
+
+
+class _Done:
+    """Ends a queue: the reader is finished (``error`` set when it failed)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+class FrameReader:
+    """Decodes a video in a thread of its own into a bounded queue of ``uint8`` ``(H, W, 3)`` RGB frames.
+
+    FFmpeg decodes with its own threads (``thread_type = "AUTO"``) and converts to RGB in the same call, outside
+    Python's lock. From a file, the reader waits when the queue is full, so nothing is lost and memory stays
+    bounded. From a live source (``live=True``) it never waits: when the queue is full it drops the oldest
+    waiting frame and counts it in ``dropped``, so what is segmented stays close to now instead of falling behind.
+    """
+
+    def __init__(self, container: Any, stream: Any, capacity: int, live: bool, max_frames: int | None) -> None:
+        self.container, self.stream, self.live, self.max_frames = container, stream, live, max_frames
+        self.frames: queue.Queue = queue.Queue(maxsize=max(1, capacity))
+        self.dropped = 0
+        self.decoded = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fcnkit-decode", daemon=True)
+
+    def start(self) -> FrameReader:
+        self._thread.start()
+        return self
+
+    def _put(self, item: Any) -> bool:
+        """Queue ``item``; False when the reader was stopped meanwhile."""
+        while not self._stop.is_set():
+            try:
+                self.frames.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for frame in self.container.decode(self.stream):
+                if self._stop.is_set() or (self.max_frames is not None and self.decoded >= self.max_frames):
+                    break
+                rgb = frame.to_ndarray(format="rgb24")
+                self.decoded += 1
+                if self.live:
+                    while True:
+                        try:
+                            self.frames.put_nowait(rgb)
+                            break
+                        except queue.Full:
+                            try:
+                                self.frames.get_nowait()
+                                self.dropped += 1
+                            except queue.Empty:
+                                pass
+                elif not self._put(rgb):
+                    return
+            self._put(_Done())
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._put(_Done(e))
+
+    def batches(self, size: int) -> Iterator[list[np.ndarray]]:
+        """Frames in order, ``size`` at a time (fewer at the end; from a live source, what has arrived)."""
+        done = False
+        while not done:
+            item = self.frames.get()
+            if isinstance(item, _Done):
+                if item.error is not None:
+                    raise item.error
+                return
+            batch = [item]
+            while len(batch) < size:
+                try:  # a file's batch waits to fill up; a live source's takes what has arrived
+                    nxt = self.frames.get_nowait() if self.live else self.frames.get()
+                except queue.Empty:
+                    break
+                if isinstance(nxt, _Done):
+                    if nxt.error is not None:
+                        raise nxt.error
+                    done = True
+                    break
+                batch.append(nxt)
+            yield batch
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class FrameWriter:
+    """Blends the class colours over segmented frames and encodes them (and writes label PNGs) in a thread of its
+    own, from a bounded queue: when encoding or the disk is slower than the model, the model waits."""
+
+    def __init__(
+        self,
+        av: Any,
+        writer: Any,
+        encoder: Any,
+        blender: Blender,
+        palette: list,
+        label_dir: Path | None,
+        capacity: int,
+    ) -> None:
+        self.av, self.writer, self.encoder, self.blender = av, writer, encoder, blender
+        self.palette, self.label_dir = palette, label_dir
+        self.jobs: queue.Queue = queue.Queue(maxsize=max(1, capacity))
+        self.written = 0
+        self.error: BaseException | None = None
+        self._abort = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fcnkit-encode", daemon=True)
+        self._thread.start()
+
+    def put(self, rgb: np.ndarray, label: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        while True:
+            try:
+                self.jobs.put((rgb, label), timeout=0.1)
+                return
+            except queue.Full:
+                if self.error is not None:
+                    raise self.error from None
+
+    def write(self, rgb: np.ndarray, label: np.ndarray) -> None:
+        """One frame: blend, encode, mux; its label PNG."""
+        frame = self.av.VideoFrame.from_ndarray(self.blender(rgb, label), format="rgb24")
+        for packet in self.encoder.encode(frame):
+            self.writer.mux(packet)
+        if self.label_dir is not None:
+            label_to_palette_png(label, self.palette).save(
+                self.label_dir / f"{self.written:06d}.png", pnginfo=png_mark(), compress_level=LABEL_PNG_COMPRESSION
+            )
+        self.written += 1
+
+    def _run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.error is None and not self._abort.is_set():
+                try:
+                    self.write(*job)
+                except BaseException as e:  # raised in the caller's thread at its next put or at finish
+                    self.error = e
+
+    def finish(self) -> None:
+        """Wait for the queued frames, then flush the encoder's delayed ones."""
+        self.jobs.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        for packet in self.encoder.encode():
+            self.writer.mux(packet)
+
+    def close(self) -> None:
+        """Stop without writing what is still queued (after an error elsewhere); nothing once finished."""
+        self._abort.set()
+        while self._thread.is_alive():
+            try:
+                self.jobs.put(None, timeout=0.1)
+            except queue.Full:
+                continue
+            self._thread.join(timeout=1)
+
+
+def open_encoder(av: Any, writer: Any, rate: Fraction, width: int, height: int, preset: str = "ultrafast") -> Any:
+    """The overlay video's stream: H.264 (libx264 at ``preset``, crf 18) where FFmpeg has x264, else MPEG-4 part 2;
+    4:2:0 for even sizes, 4:4:4 for odd ones (4:2:0 needs even sizes)."""
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    encoder = writer.add_stream(codec, rate=rate)
+    encoder.width, encoder.height = width, height
+    encoder.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+    encoder.thread_type = "AUTO"
+    if codec == "libx264":
+        encoder.options = {"crf": "18", "preset": preset}
+    else:
+        encoder.options = {"qscale": "3"}
+    return encoder
+
+
 def predict_video(
     predictor: Predictor,
     source: str | os.PathLike[str],
@@ -128,12 +335,18 @@ def predict_video(
     show_progress: bool = True,
     max_frames: int | None = None,
     name: str | os.PathLike[str] | None = None,
+    live: bool | None = None,
+    preset: str = "ultrafast",
 ) -> VideoReport:
     """Segment every frame of ``source`` into ``out/<stem>_overlay.mp4`` (and with ``labels`` the label PNGs).
 
-    ``name`` replaces ``<stem>`` (:func:`video_names` gives each of several sources its own). ``max_frames`` stops
-    early (a webcam or stream otherwise runs until it ends). A file FFmpeg cannot read, or a
-    frame it cannot decode, is a :class:`DataError` naming the file.
+    Three stages overlap: decoding (a thread, FFmpeg's own threads inside), the model (this thread, batches of
+    ``predictor.batch_size``), and blending plus encoding (a thread); bounded queues between them keep memory
+    flat. ``live`` (default: a device or stream URL) drops the frames the model cannot keep up with instead of
+    falling behind, and the report says how many. ``name`` replaces ``<stem>`` (:func:`video_names` gives each of
+    several sources its own). ``max_frames`` stops early (a webcam or stream otherwise runs until it ends).
+    ``preset`` is x264's speed preset. A file FFmpeg cannot read, or a frame it cannot decode, is a
+    :class:`DataError` naming the file.
     """
     av = require("av", "video", "video input and output")
     source = os.fspath(source)
@@ -143,6 +356,7 @@ def predict_video(
     overlay_path = out / f"{stem}_overlay.mp4"
     label_dir = out / f"{stem}_labels" if labels else None
     _check_output(av, source, overlay_path, label_dir)
+    live = is_live(source) if live is None else live
     container = _open(av, source)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -152,59 +366,44 @@ def predict_video(
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
     palette = list(predictor.model.palette or voc_palette(predictor.num_classes))
+    blender = Blender(palette, alpha)
     overlay_path.parent.mkdir(parents=True, exist_ok=True)
     if label_dir is not None:
         label_dir.mkdir(exist_ok=True)
     writer = av.open(os.fspath(overlay_path), "w")
     writer.metadata["comment"] = MARK  # a later run may replace this file, and only files with this mark
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    encoder = writer.add_stream(codec, rate=rate)
-    # 4:2:0 needs even sizes; an odd-sized video keeps its size in 4:4:4
-    encoder.width, encoder.height = width, height
-    encoder.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
-    if codec == "libx264":
-        encoder.options = {"crf": "18", "preset": "veryfast"}
+    encoder = open_encoder(av, writer, rate, width, height, preset)
     if show_progress:
         ensure_handler()
     progress = Progress(
         total, "video", unit="frame", logger=get_logger("predict"), log_every=max(1, (total or 300) // 10),
         min_interval=10.0, enabled=show_progress,
     )  # fmt: skip
-    count, start, pending = 0, time.perf_counter(), []
-
-    def flush() -> None:
-        nonlocal count
-        preds = predictor.predict_tensor(torch.stack(pending))
-        for rgb, pred in zip(pending, preds, strict=True):
-            label = pred.label.numpy()
-            blended = np.asarray(overlay(rgb, label, palette, alpha=alpha))
-            for packet in encoder.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
-                writer.mux(packet)
-            if label_dir is not None:
-                label_to_palette_png(label, palette).save(label_dir / f"{count:06d}.png", pnginfo=png_mark())
-            count += 1
-            elapsed = time.perf_counter() - start
-            progress.update(values={"frames/s": count / max(elapsed, 1e-9)})
-        pending.clear()
-
+    capacity = QUEUE_BATCHES * predictor.batch_size
+    reader = FrameReader(container, stream, capacity, live, max_frames).start()
+    frames = FrameWriter(av, writer, encoder, blender, palette, label_dir, capacity)
+    count, start = 0, time.perf_counter()
     try:
         with progress:
-            for frame in container.decode(stream):
-                if max_frames is not None and count + len(pending) >= max_frames:
-                    break
-                pending.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).contiguous())
-                if len(pending) == predictor.batch_size:
-                    flush()
-            if pending:
-                flush()
-            for packet in encoder.encode():  # the encoder's delayed frames
-                writer.mux(packet)
+            for batch in reader.batches(predictor.batch_size):
+                rgb = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+                labels_out = predictor.predict_labels(rgb).cpu().numpy()
+                for image, label in zip(batch, labels_out, strict=True):
+                    frames.put(image, label)
+                count += len(batch)
+                values = {"frames/s": count / max(time.perf_counter() - start, 1e-9)}
+                if reader.dropped:
+                    values["dropped"] = reader.dropped
+                progress.update(len(batch), values=values)
+            frames.finish()
     except av.FFmpegError as e:
-        raise DataError(f"{source}: FFmpeg could not decode frame {count + len(pending)} ({e})") from e
+        raise DataError(f"{source}: FFmpeg could not decode frame {count} ({e})") from e
     finally:
+        reader.close()
+        frames.close()
         writer.close()
         container.close()
     if count == 0:
         raise DataError(f"{source}: no frame could be decoded")
     seconds = time.perf_counter() - start
-    return VideoReport(source, overlay_path, count, (height, width), Fraction(rate), seconds, label_dir)
+    return VideoReport(source, overlay_path, count, (height, width), Fraction(rate), seconds, label_dir, reader.dropped)

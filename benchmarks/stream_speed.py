@@ -1,0 +1,275 @@
+"""Video and folder prediction at the model's speed? End-to-end frames/s beside model-only frames/s, and where
+each frame's time goes, in one run.
+
+For each model (a checkpoint on the default inference path, and with ``--int8`` a file from ``fcnkit quantize``):
+
+* **model only**: the model's forward passes over the preprocessed frames, batch by batch (``--batch``): what
+  ``fcnkit benchmark --fast`` times, for the same passes the predictor runs (``--tta none``: one pass);
+* **video**: :func:`fcnkit.inference.video.predict_video` on a clip made from the frames (MPEG-4 part 2 at 30 frames/s,
+  the usual camera output), writing the overlay video, as ``fcnkit predict CK clip.mp4`` does;
+* **folder**: :func:`fcnkit.inference.predict_files` on the frames' files, writing label PNGs and overlays, as
+  ``fcnkit predict CK frames/`` does.
+
+Rounds are interleaved (each round runs every model's three measurements in turn); figures are medians over
+rounds, and "of model only" is the median per-round ratio of end-to-end to model-only frames/s.
+
+**Stages** (``--stages-json``): one pass over the frames runs each stage of the two pipelines in turn, without
+threads, through the same functions they use, and times it per frame: read and decode (FFmpeg for the video, PIL
+for the files), preprocess, model, arg-max (to uint8 labels), blend (class colours over the frame), and encode
+(H.264 at the encoder's preset) or write (label PNG and overlay JPEG). Their sum is what a frame costs without
+overlap; the pipelines overlap decoding and encoding with the model in threads.
+
+    python benchmarks/stream_speed.py --model RUN/best.pth --frames CAMVID/val --count 120 \\
+        --int8 int8.onnx --json benchmarks/results/stream_speed.json --stages-json benchmarks/results/stream_stages.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fcnkit.apps.benchmark import ResultsTable
+from fcnkit.config import InferenceConfig
+from fcnkit.data import voc_palette
+from fcnkit.data.io import read_image
+from fcnkit.inference import Predictor, describe_backend, expand_inputs, predict_files
+from fcnkit.inference.files import png_mark
+from fcnkit.inference.tta import class_indices
+from fcnkit.inference.video import open_encoder, predict_video
+from fcnkit.utils import require
+from fcnkit.visualize import LABEL_PNG_COMPRESSION, Blender, label_to_palette_png
+
+STAGES = ("read / decode", "preprocess", "model", "arg-max", "blend", "encode / write")
+
+
+def make_clip(av, frames: list[Path], path: Path, rate: int = 30) -> None:
+    """The frames as an MPEG-4 part 2 clip at ``rate`` frames/s."""
+    first = np.asarray(Image.open(frames[0]).convert("RGB"))
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=rate)
+        stream.height, stream.width = first.shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"qscale": "3"}
+        for f in frames:
+            frame = av.VideoFrame.from_ndarray(np.asarray(Image.open(f).convert("RGB")), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def model_only(predictor: Predictor, inputs: list[torch.Tensor]) -> float:
+    """Frames/s of the forward passes alone over preprocessed batches."""
+    from fcnkit.inference.tta import infer_logits
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x in inputs:
+            infer_logits(predictor.model, x, predictor.inference, predictor.num_classes)
+    return sum(x.shape[0] for x in inputs) / (time.perf_counter() - start)
+
+
+def video_stages(av, predictor: Predictor, clip: Path, blender: Blender, preset: str) -> dict[str, list[float]]:
+    """Per-frame seconds of each stage of the video pipeline, run one after the other."""
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    sink = io.BytesIO()
+    with av.open(str(clip)) as container, av.open(sink, "w", format="mp4") as writer:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        encoder = open_encoder(
+            av, writer, Fraction(30), stream.codec_context.width, stream.codec_context.height, preset
+        )
+        frames = container.decode(stream)
+        while True:
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            if frame is None:
+                break
+            rgb = frame.to_ndarray(format="rgb24")
+            t1 = time.perf_counter()
+            label = _segment(predictor, torch.from_numpy(rgb[None]).permute(0, 3, 1, 2), times, t1)
+            t4 = time.perf_counter()
+            blended = blender(rgb, label)
+            t5 = time.perf_counter()
+            for packet in encoder.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
+                writer.mux(packet)
+            t6 = time.perf_counter()
+            times["read / decode"].append(t1 - t0)
+            times["blend"].append(t5 - t4)
+            times["encode / write"].append(t6 - t5)
+        for packet in encoder.encode():
+            writer.mux(packet)
+    return times
+
+
+def folder_stages(predictor: Predictor, files: list[Path], blender: Blender, out: Path) -> dict[str, list[float]]:
+    """Per-frame seconds of each stage of the folder pipeline, run one after the other."""
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    palette = list(predictor.model.palette or voc_palette(predictor.num_classes))
+    for i, path in enumerate(files):
+        t0 = time.perf_counter()
+        rgb = read_image(path)
+        t1 = time.perf_counter()
+        label = _segment(predictor, rgb[None], times, t1)
+        t4 = time.perf_counter()
+        blended = blender(rgb.permute(1, 2, 0).numpy(), label)
+        t5 = time.perf_counter()
+        label_to_palette_png(label, palette).save(
+            out / f"{i}.png", pnginfo=png_mark(), compress_level=LABEL_PNG_COMPRESSION
+        )
+        Image.fromarray(blended).save(out / f"{i}_overlay.jpg", quality=92)
+        t6 = time.perf_counter()
+        times["read / decode"].append(t1 - t0)
+        times["blend"].append(t5 - t4)
+        times["encode / write"].append(t6 - t5)
+    return times
+
+
+def _segment(predictor: Predictor, rgb: torch.Tensor, times: dict[str, list[float]], t1: float) -> np.ndarray:
+    """Preprocess, model and arg-max of one frame, each timed (one whole-image pass, as predict_labels runs it)."""
+    from fcnkit.inference.tta import infer_logits
+
+    with torch.inference_mode():
+        x = predictor.model.preprocessing(rgb)
+        t2 = time.perf_counter()
+        logits = infer_logits(predictor.model, x, predictor.inference, predictor.num_classes)
+        t3 = time.perf_counter()
+        label = class_indices(logits)[0].to(torch.uint8).numpy()
+    t4 = time.perf_counter()
+    times["preprocess"].append(t2 - t1)
+    times["model"].append(t3 - t2)
+    times["arg-max"].append(t4 - t3)
+    return label
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="an fcnkit checkpoint")
+    parser.add_argument("--int8", help="also this model file (fcnkit quantize's .onnx)")
+    parser.add_argument("--frames", required=True, help="a folder of video frames (images of one size)")
+    parser.add_argument("--count", type=int, default=120, help="frames to use (default 120, 4 s at 30 frames/s)")
+    parser.add_argument("--batch", type=int, default=1, help="the predictor's batch size")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--preset", default="ultrafast", help="x264 preset of the overlay video")
+    parser.add_argument("--tta", choices=["none", "recipe"], default="none", help="the predictor's passes")
+    parser.add_argument("--json", type=Path, help="save the throughput table here")
+    parser.add_argument("--stages-json", type=Path, help="save the stage table here")
+    args = parser.parse_args(argv)
+    av = require("av", "video", "video input and output")
+    command = " ".join(["python benchmarks/stream_speed.py", *sys.argv[1:]])
+    files = expand_inputs([args.frames])[: args.count]
+    inference = InferenceConfig() if args.tta == "none" else None
+    models = {"fp32": args.model, **({"int8": args.int8} if args.int8 else {})}
+    predictors = {name: Predictor(spec, inference=inference, batch_size=args.batch) for name, spec in models.items()}
+    for name, p in predictors.items():
+        print(f"{name}: {describe_backend(p.model)}; passes: {p.inference}", file=sys.stderr)
+    throughput = ResultsTable(
+        {
+            "model": "{}",
+            "input": "{}",
+            "model only, frames/s": "{:.1f}",
+            "end to end, frames/s": "{:.1f}",
+            "of model only": "{:.0%}",
+        },
+        command=command,
+    )
+    stages = ResultsTable(
+        {"stage": "{}"} | {f"{i} {m}": "{:.2f}" for i in ("video", "folder") for m in models}, command=command
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clip = tmp / "clip.mp4"
+        make_clip(av, files, clip)
+        rgb = [read_image(f) for f in files]
+        size = tuple(rgb[0].shape[1:])
+        measures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        setups: dict[str, tuple[Predictor, list[torch.Tensor], dict[str, Callable[[], float]]]] = {}
+        for name, p in predictors.items():
+            inputs = [
+                p.model.preprocessing(torch.stack(rgb[i : i + args.batch])) for i in range(0, len(rgb), args.batch)
+            ]
+            runs: dict[str, Callable[[], float]] = {
+                "video": lambda p=p, name=name: _timed_frames(
+                    lambda: predict_video(p, clip, tmp / f"video_{name}", show_progress=False, preset=args.preset)
+                ),
+                "folder": lambda p=p, name=name: _timed_frames(
+                    lambda: len(predict_files(p, files, tmp / f"folder_{name}", show_progress=False).written)
+                ),
+            }
+            model_only(p, inputs[:2])  # warm-up: the runtime's first calls allocate
+            for what, run in runs.items():
+                run()  # warm-up
+                measures[(name, what)] = []
+            setups[name] = (p, inputs, runs)
+        for _ in range(args.rounds):
+            for name, (p, inputs, runs) in setups.items():
+                for what, run in runs.items():
+                    alone = model_only(p, inputs)
+                    measures[(name, what)].append((alone, run()))
+        for (name, what), pairs in measures.items():
+            throughput.add(
+                model=name,
+                input=what,
+                **{
+                    "model only, frames/s": statistics.median(a for a, _ in pairs),
+                    "end to end, frames/s": statistics.median(e for _, e in pairs),
+                    "of model only": statistics.median(e / a for a, e in pairs),
+                },
+            )
+        stage_times: dict[str, dict[str, list[float]]] = {}
+        for name, p in predictors.items():
+            palette = list(p.model.palette or voc_palette(p.num_classes))
+            blender = Blender(palette, 0.5)
+            stage_times[f"video {name}"] = video_stages(av, p, clip, blender, args.preset)
+            (tmp / f"stages_{name}").mkdir()
+            stage_times[f"folder {name}"] = folder_stages(p, files, blender, tmp / f"stages_{name}")
+        for stage in (*STAGES, "sum"):
+            row: dict[str, float] = {}
+            for column, times in stage_times.items():
+                per = {s: 1000 * statistics.median(v) for s, v in times.items()}
+                row[column] = sum(per.values()) if stage == "sum" else per[stage]
+            stages.add(stage=stage, **row)
+    protocol = (
+        f"{len(files)} frames of {size[0]}x{size[1]} from {Path(args.frames).name}/, batch {args.batch}, passes: "
+        f"{'one whole-image pass' if args.tta == 'none' else 'the recipe'}s; video: an MPEG-4 part 2 clip of them at "
+        f"30 frames/s in, H.264 ({args.preset}) overlay out; folder: label PNG + overlay JPEG per frame; "
+        f"{args.rounds} interleaved rounds, medians; {platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
+    throughput.protocol = protocol
+    stages.protocol = protocol + "; stages: ms per frame (median), one frame at a time, no threads"
+    for table in (throughput, stages):
+        for line in table.lines():
+            print(line)
+        print()
+    print(f"protocol: {protocol}")
+    if args.json:
+        throughput.save(args.json)
+    if args.stages_json:
+        stages.save(args.stages_json)
+    return 0
+
+
+def _timed_frames(run: Callable[[], object]) -> float:
+    """Frames/s of one call that returns a VideoReport or a count of frames."""
+    start = time.perf_counter()
+    result = run()
+    seconds = time.perf_counter() - start
+    frames = result if isinstance(result, int) else result.frames
+    return frames / seconds
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
