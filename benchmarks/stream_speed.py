@@ -99,7 +99,7 @@ def video_stages(av, predictor: Predictor, clip: Path, blender: Blender, preset:
                 break
             rgb = frame.to_ndarray(format="rgb24")
             t1 = time.perf_counter()
-            label = _segment(predictor, torch.from_numpy(rgb[None]).permute(0, 3, 1, 2), times, t1)
+            label = _segment(predictor, torch.from_numpy(rgb[None]).permute(0, 3, 1, 2).contiguous(), times, t1)
             t4 = time.perf_counter()
             blended = blender(rgb, label)
             t5 = time.perf_counter()

@@ -243,3 +243,58 @@ def test_image_standardisation_exports_as_instance_normalization(tmp_path):
             expected = model(image)["out"]
         got = torch.from_numpy(_raw_run(path, image))
         assert expected.abs().max() > 0.05 and (got - expected).abs().max() <= _tolerance(expected)
+
+
+def test_labels_output_is_the_arg_max_of_the_logits(resnet, tmp_path):
+    """add_labels_output appends ArgMax + Cast: uint8 labels equal to the arg-max of the file's own logits (ties go
+    to the first class, as torch's), and the Predictor takes them instead of the logits for one plain pass."""
+    import shutil
+
+    from fcnkit.export import add_labels_output
+
+    model, path, _ = resnet
+    labelled = tmp_path / "labelled.onnx"
+    shutil.copy(path, labelled)
+    add_labels_output(labelled)
+    add_labels_output(labelled)  # a second call changes nothing
+    session = ort.InferenceSession(str(labelled), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["out", "labels"]
+    x = torch.randn(2, 3, 41, 57, generator=torch.Generator().manual_seed(3))
+    logits, labels = session.run(["out", "labels"], {"input": x.numpy()})
+    assert labels.dtype == np.uint8 and labels.shape == (2, 41, 57)
+    assert np.array_equal(labels, torch.from_numpy(logits).argmax(1).numpy())
+    # all logits equal: every pixel is class 0, the first largest
+    flat = torch.zeros(1, 3, 1, 1)
+    tie = ort.InferenceSession(_tie_model(tmp_path / "tie.onnx"), providers=["CPUExecutionProvider"])
+    assert tie.run(["labels"], {"input": flat.numpy()})[0].tolist() == [[[0]]]
+
+    runtime = OnnxRuntimeModel(labelled)
+    from fcnkit.config import InferenceConfig
+
+    predictor = fcnkit.Predictor(runtime, device="cpu", inference=InferenceConfig())
+    rgb = torch.randint(0, 256, (1, 3, 53, 75), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    calls = []
+    inside = runtime.labels
+    runtime.labels = lambda t: calls.append(t.shape) or inside(t)
+    got = predictor.predict_labels(rgb)
+    assert calls == [(1, 3, 53, 75)] and got.dtype == torch.uint8
+    with torch.no_grad():  # the torch model's own arg-max, up to float rounding between the runtimes
+        assert (got == model(BGR_255(rgb))["out"].argmax(1)).float().mean() >= 0.999
+    assert OnnxRuntimeModel(path).labels(BGR_255(rgb)) is None  # a file without the output
+
+
+def _tie_model(path):
+    """An ONNX graph whose logits are three equal zeros per pixel, with the labels output added."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fcnkit.export import add_labels_output
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["b", 3, "h", "w"])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", 3, "h", "w"])
+    node = helper.make_node("Mul", ["input", "zero"], ["out"])
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    graph = helper.make_graph([node], "tie", [x], [out], initializer=[zero])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    add_labels_output(path)
+    return str(path)

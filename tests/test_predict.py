@@ -86,13 +86,13 @@ def test_folder_prediction_batches_same_size_neighbours_and_keeps_the_order(tmp_
     (folder / "im2b.png").write_bytes(b"broken")  # between im2 and im3 in name order
     predictor = Predictor(ckpt, batch_size=2)
     batches = []
-    original = predictor.predict_tensor
+    original = predictor.predict_labels  # without probabilities, files go through the uint8 label path
 
-    def spy(rgb, probs=False):
+    def spy(rgb, stop=None):
         batches.append(tuple(rgb.shape))
-        return original(rgb, probs)
+        return original(rgb, stop)
 
-    predictor.predict_tensor = spy
+    predictor.predict_labels = spy
     paths = sorted(folder.iterdir())
     report = predict_files(predictor, paths, tmp_path / "out", overlays=False, show_progress=False)
     # im0 im1 | im2 (im2b skipped; im3 has another size) | im3 | im4 im5

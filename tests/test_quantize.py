@@ -107,6 +107,11 @@ def test_int8_runs_like_any_model_and_its_agreement_is_what_it_says(quantized):
     # the report compares int8 with the fp32 ONNX graph; here against PyTorch, computed independently
     assert agree / total == pytest.approx(report.argmax_agreement, abs=0.01)
     assert report.argmax_agreement > 0.9
+    # the int8 file computes the arg-max in its graph: the uint8 labels equal the arg-max of its own logits
+    assert predictor.model.labels_name == "labels"
+    rgb = torch.from_numpy(np.array(Image.open(sorted(calib.glob("im*.png"))[0]).convert("RGB"))).permute(2, 0, 1)
+    x = predictor.model.preprocessing(rgb[None])
+    assert torch.equal(predictor.model.labels(x), predictor.model(x)["out"].argmax(1).to(torch.uint8))
 
 
 def test_no_readable_calibration_image_is_an_error_naming_the_folder(tmp_path):

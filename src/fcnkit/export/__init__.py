@@ -3,12 +3,21 @@
 
 from ..errors import ExportError, ExportVerificationError
 from .cache import CachedExport, cached_onnx, export_key, onnx_cache_dir, weights_digest
-from .onnx import DYNAMIC_AXES, ExportReport, ParityCheck, export_onnx, verify_onnx
-from .runtime import INPUT_NAME, METADATA_VERSION, OUTPUT_NAME, OnnxRuntimeModel, read_metadata, require_onnx
+from .onnx import DYNAMIC_AXES, ExportReport, ParityCheck, add_labels_output, export_onnx, verify_onnx
+from .runtime import (
+    INPUT_NAME,
+    LABELS_NAME,
+    METADATA_VERSION,
+    OUTPUT_NAME,
+    OnnxRuntimeModel,
+    read_metadata,
+    require_onnx,
+)
 
 __all__ = [
     "DYNAMIC_AXES",
     "INPUT_NAME",
+    "LABELS_NAME",
     "METADATA_VERSION",
     "OUTPUT_NAME",
     "CachedExport",
@@ -17,6 +26,7 @@ __all__ = [
     "ExportVerificationError",
     "OnnxRuntimeModel",
     "ParityCheck",
+    "add_labels_output",
     "cached_onnx",
     "export_key",
     "export_onnx",

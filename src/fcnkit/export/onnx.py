@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ExportError, ExportVerificationError
 from ..preprocessing import IMAGENET
 from ..utils import Parity, compare_logits, eval_mode
-from .runtime import INPUT_NAME, OUTPUT_NAME, OnnxRuntimeModel, model_metadata, require_onnx
+from .runtime import INPUT_NAME, LABELS_NAME, OUTPUT_NAME, OnnxRuntimeModel, model_metadata, require_onnx
 
 #: Dynamic axes of the input (and of the output): name per axis.
 DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
@@ -161,6 +161,34 @@ def verify_onnx(
     return checks
 
 
+def add_labels_output(path: str | os.PathLike[str]) -> None:
+    """Give the ONNX file at ``path`` a second output, ``"labels"``: the arg-max of ``"out"`` over the classes as
+    ``uint8`` ``(B, H, W)`` (``int32`` beyond 256 classes), the first largest class of each pixel as
+    ``torch.argmax`` gives it. A runtime asked for ``"labels"`` alone then hands over one byte a pixel instead of
+    ``C`` floats. Weights kept in an external data file stay where they are."""
+    onnx = require_onnx("onnx")
+    from onnx import TensorProto, helper
+
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    graph = model.graph
+    if any(o.name == LABELS_NAME for o in graph.output):
+        return
+    logits = graph.output[0]
+    dims = logits.type.tensor_type.shape.dim
+    classes = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else None
+    dtype = TensorProto.UINT8 if classes is not None and classes <= 256 else TensorProto.INT32
+    indices = f"{LABELS_NAME}_int64"
+    graph.node.extend(
+        [
+            helper.make_node("ArgMax", [logits.name], [indices], axis=1, keepdims=0, select_last_index=0),
+            helper.make_node("Cast", [indices], [LABELS_NAME], to=dtype),
+        ]
+    )
+    shape = [d.dim_param or d.dim_value for i, d in enumerate(dims) if i != 1] if len(dims) == 4 else None
+    graph.output.append(helper.make_tensor_value_info(LABELS_NAME, dtype, shape))
+    onnx.save(model, os.fspath(path))
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
@@ -174,6 +202,7 @@ def export_onnx(
     rtol: float = 1e-4,
     min_agreement: float = 0.999,
     sizes_to_verify: Sequence[tuple[int, int]] | None = None,
+    labels: bool = False,
 ) -> ExportReport:
     """Export ``model`` (in eval mode) to the ONNX file ``path`` and check it with ONNX Runtime.
 
@@ -192,6 +221,9 @@ def export_onnx(
             ``dynamic``) and raise :class:`ExportVerificationError` when the largest |logit difference|
             exceeds ``atol + rtol * max|logit|`` or the arg-max agrees on fewer than ``min_agreement`` of
             the pixels.
+
+        labels: also the ``"labels"`` output, each pixel's class (:func:`add_labels_output`); fcnkit's own
+            inference asks for it when it needs no probabilities.
 
     Returns:
         An :class:`ExportReport`: the path, opset, export time and the per-size figures.
@@ -242,6 +274,8 @@ def export_onnx(
     name = (getattr(model, "arch", None) or {}).get("name", type(model).__name__)
     program.model.doc_string = f"fcnkit {name}: {INPUT_NAME} (B, 3, H, W) preprocessed -> {OUTPUT_NAME} (B, C, H, W)"
     program.save(path)
+    if labels:
+        add_labels_output(path)
     report = ExportReport(path, got_opset, dynamic, time.perf_counter() - start)
     if verify:
         try:

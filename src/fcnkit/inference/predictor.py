@@ -25,7 +25,7 @@ from ..errors import DataError
 from ..utils import as_pair, resolve_device
 from .loading import load_model
 from .optimize import optimized_or_plain
-from .tta import banded_bytes, can_band, class_indices, infer_labels, infer_logits
+from .tta import banded_bytes, can_band, class_indices, infer_labels, infer_logits, is_plain
 
 __all__ = ["ACTIVATION_BYTES_PER_PIXEL", "Prediction", "Predictor", "to_rgb_tensor"]
 
@@ -111,7 +111,11 @@ class Predictor:
             return infer_labels(self.model, rgb, self.inference, self.num_classes, stop)
         if stop is not None:
             stop()
-        labels = class_indices(self._logits(self.model.preprocessing(rgb)))
+        x = self.model.preprocessing(rgb)
+        inside = getattr(self.model, "labels", None) if is_plain(self.inference) else None
+        labels = inside(x) if callable(inside) else None  # the arg-max in the runtime's graph: one byte a pixel out
+        if labels is None:
+            labels = class_indices(self._logits(x))
         return labels.to(torch.uint8 if self.num_classes <= 256 else torch.int32)
 
     def memory_bytes(self, height: int, width: int) -> int:

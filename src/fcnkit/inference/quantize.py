@@ -34,7 +34,7 @@ from torch import nn
 
 from ..data.io import read_image
 from ..errors import ConfigError, DataError
-from ..export import OnnxRuntimeModel, export_onnx, require_onnx
+from ..export import OnnxRuntimeModel, add_labels_output, export_onnx, require_onnx
 from ..utils import compare_logits
 from .files import expand_inputs
 from .optimize import fold_batchnorm
@@ -196,6 +196,7 @@ def quantize_onnx(
         entry = quantized.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(quantized, os.fspath(out))
+    add_labels_output(out)  # the arg-max in the graph: predict and serve take uint8 labels out of it
     return report
 
 

@@ -257,5 +257,6 @@ def infer_logits(
 
 
 def is_plain(cfg: InferenceConfig | None) -> bool:
-    """``cfg`` is one whole-image pass at scale 1 without flip: ``model(x)["out"]`` itself."""
-    return cfg is None or (cfg.mode == "whole" and list(cfg.scales) == [1.0] and not cfg.flip)
+    """``cfg`` is one whole-image pass at scale 1 without flip (and no ``base_size``, which would resize even at
+    scale 1): ``model(x)["out"]`` itself."""
+    return cfg is None or (cfg.mode == "whole" and list(cfg.scales) == [1.0] and not cfg.flip and cfg.base_size is None)

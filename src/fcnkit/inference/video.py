@@ -386,7 +386,8 @@ def predict_video(
     try:
         with progress:
             for batch in reader.batches(predictor.batch_size):
-                rgb = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2)
+                # planar (B, 3, H, W): the float passes of preprocessing run several times faster on it
+                rgb = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
                 labels_out = predictor.predict_labels(rgb).cpu().numpy()
                 for image, label in zip(batch, labels_out, strict=True):
                     frames.put(image, label)
