@@ -3,8 +3,9 @@ each frame's time goes, in one run.
 
 For each model (a checkpoint on the default inference path, and with ``--int8`` a file from ``fcnkit quantize``):
 
-* **model only**: the model's forward passes over the preprocessed frames, batch by batch (``--batch``): what
-  ``fcnkit benchmark --fast`` times, for the same passes the predictor runs (``--tta none``: one pass);
+* **model only**: the model's forward passes over the preprocessed frames, at batch 1 (what ``fcnkit benchmark
+  --fast`` times) and at ``--batch`` (default 4, as ``fcnkit predict``), for the passes the predictor runs
+  (``--tta none``: one pass);
 * **video**: :func:`fcnkit.inference.video.predict_video` on a clip made from the frames (MPEG-4 part 2 at 30 frames/s,
   the usual camera output), writing the overlay video, as ``fcnkit predict CK clip.mp4`` does;
 * **folder**: :func:`fcnkit.inference.predict_files` on the frames' files, writing label PNGs and overlays, as
@@ -15,8 +16,10 @@ rounds, and "of model only" is the median per-round ratio of end-to-end to model
 
 **Stages** (``--stages-json``): one pass over the frames runs each stage of the two pipelines in turn, without
 threads, through the same functions they use, and times it per frame: read and decode (FFmpeg for the video, PIL
-for the files), preprocess, model, arg-max (to uint8 labels), blend (class colours over the frame), and encode
-(H.264 at the encoder's preset) or write (label PNG and overlay JPEG). Their sum is what a frame costs without
+for the files), preprocess, model, arg-max (to uint8 labels; inside the model's graph on ONNX Runtime, then part
+of "model"), blend (class colours over the frame: in yuv420p for the video, RGB for the files), and encode (H.264
+at the encoder's preset) or write (label PNG and overlay JPEG). The video's pictures are also encoded at x264's
+``veryfast`` preset beside, to show what a slower preset would cost. Their sum is what a frame costs without
 overlap; the pipelines overlap decoding and encoding with the model in threads.
 
     python benchmarks/stream_speed.py --model RUN/best.pth --frames CAMVID/val --count 120 \\
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fcnkit.apps.benchmark import ResultsTable
+from fcnkit.apps.benchmark import ResultsTable, device_name
 from fcnkit.config import InferenceConfig
 from fcnkit.data import voc_palette
 from fcnkit.data.io import read_image
@@ -49,9 +52,11 @@ from fcnkit.inference.files import png_mark
 from fcnkit.inference.tta import class_indices
 from fcnkit.inference.video import open_encoder, predict_video
 from fcnkit.utils import require
-from fcnkit.visualize import LABEL_PNG_COMPRESSION, Blender, label_to_palette_png
+from fcnkit.visualize import LABEL_PNG_COMPRESSION, Blender, YuvBlender, label_to_palette_png
 
 STAGES = ("read / decode", "preprocess", "model", "arg-max", "blend", "encode / write")
+#: a slower x264 preset, timed on the same pictures beside the one the pipeline uses (not part of the sum)
+OTHER_PRESET = "veryfast"
 
 
 def make_clip(av, frames: list[Path], path: Path, rate: int = 30) -> None:
@@ -81,16 +86,25 @@ def model_only(predictor: Predictor, inputs: list[torch.Tensor]) -> float:
     return sum(x.shape[0] for x in inputs) / (time.perf_counter() - start)
 
 
-def video_stages(av, predictor: Predictor, clip: Path, blender: Blender, preset: str) -> dict[str, list[float]]:
-    """Per-frame seconds of each stage of the video pipeline, run one after the other."""
+def video_stages(av, predictor: Predictor, clip: Path, alpha: float, preset: str) -> dict[str, list[float]]:
+    """Per-frame seconds of each stage of the video pipeline, run one after the other, with the blend and the
+    encoder's pixel format :func:`~fcnkit.inference.video.predict_video` picks."""
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     sink = io.BytesIO()
+    palette = list(predictor.model.palette or voc_palette(predictor.num_classes))
     with av.open(str(clip)) as container, av.open(sink, "w", format="mp4") as writer:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        encoder = open_encoder(
-            av, writer, Fraction(30), stream.codec_context.width, stream.codec_context.height, preset
-        )
+        stream.codec_context.thread_count = 1  # the codecs' whole work in the timed call, none in the background
+        height, width = stream.codec_context.height, stream.codec_context.width
+        encoder = open_encoder(av, writer, Fraction(30), width, height, preset)
+        other_sink = av.open(io.BytesIO(), "w", format="mp4")
+        other = open_encoder(av, other_sink, Fraction(30), width, height, OTHER_PRESET)
+        for codec in (encoder, other):
+            codec.thread_type, codec.codec_context.thread_count = "SLICE", 1
+            codec.options = {**codec.options, "threads": "1"}
+        times[f"encode at {OTHER_PRESET}"] = []
+        yuv = encoder.pix_fmt == "yuv420p" and YuvBlender.fits(height, width)
+        blender = YuvBlender(palette, alpha) if yuv else Blender(palette, alpha)
         frames = container.decode(stream)
         while True:
             t0 = time.perf_counter()
@@ -98,19 +112,29 @@ def video_stages(av, predictor: Predictor, clip: Path, blender: Blender, preset:
             if frame is None:
                 break
             rgb = frame.to_ndarray(format="rgb24")
+            planes = frame.to_ndarray(format="yuv420p") if yuv else None
             t1 = time.perf_counter()
             label = _segment(predictor, torch.from_numpy(rgb[None]).permute(0, 3, 1, 2).contiguous(), times, t1)
             t4 = time.perf_counter()
-            blended = blender(rgb, label)
+            if planes is not None:
+                picture = av.VideoFrame.from_ndarray(blender(planes, label), format="yuv420p")
+            else:
+                picture = av.VideoFrame.from_ndarray(blender(rgb, label), format="rgb24")
             t5 = time.perf_counter()
-            for packet in encoder.encode(av.VideoFrame.from_ndarray(blended, format="rgb24")):
+            for packet in encoder.encode(picture):
                 writer.mux(packet)
             t6 = time.perf_counter()
+            for packet in other.encode(picture):
+                other_sink.mux(packet)
+            times[f"encode at {OTHER_PRESET}"].append(time.perf_counter() - t6)
             times["read / decode"].append(t1 - t0)
             times["blend"].append(t5 - t4)
             times["encode / write"].append(t6 - t5)
         for packet in encoder.encode():
             writer.mux(packet)
+        for packet in other.encode():
+            other_sink.mux(packet)
+        other_sink.close()
     return times
 
 
@@ -138,15 +162,21 @@ def folder_stages(predictor: Predictor, files: list[Path], blender: Blender, out
 
 
 def _segment(predictor: Predictor, rgb: torch.Tensor, times: dict[str, list[float]], t1: float) -> np.ndarray:
-    """Preprocess, model and arg-max of one frame, each timed (one whole-image pass, as predict_labels runs it)."""
-    from fcnkit.inference.tta import infer_logits
+    """Preprocess, model and arg-max of one frame, each timed, the way ``predict_labels`` runs them: for one plain
+    pass on a runtime with the arg-max in its graph, the arg-max is part of the model's time (recorded as 0)."""
+    from fcnkit.inference.tta import infer_logits, is_plain
 
     with torch.inference_mode():
         x = predictor.model.preprocessing(rgb)
         t2 = time.perf_counter()
-        logits = infer_logits(predictor.model, x, predictor.inference, predictor.num_classes)
+        inside = getattr(predictor.model, "labels", None) if is_plain(predictor.inference) else None
+        labels = inside(x) if callable(inside) else None
+        if labels is None:
+            logits = infer_logits(predictor.model, x, predictor.inference, predictor.num_classes)
         t3 = time.perf_counter()
-        label = class_indices(logits)[0].to(torch.uint8).numpy()
+        if labels is None:
+            labels = class_indices(logits)
+        label = labels[0].to(torch.uint8).numpy()
     t4 = time.perf_counter()
     times["preprocess"].append(t2 - t1)
     times["model"].append(t3 - t2)
@@ -160,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", help="also this model file (fcnkit quantize's .onnx)")
     parser.add_argument("--frames", required=True, help="a folder of video frames (images of one size)")
     parser.add_argument("--count", type=int, default=120, help="frames to use (default 120, 4 s at 30 frames/s)")
-    parser.add_argument("--batch", type=int, default=1, help="the predictor's batch size")
+    parser.add_argument(
+        "--batch", type=int, default=4, help="the predictor's batch size (default 4, as fcnkit predict)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--preset", default="ultrafast", help="x264 preset of the overlay video")
     parser.add_argument("--tta", choices=["none", "recipe"], default="none", help="the predictor's passes")
@@ -179,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         {
             "model": "{}",
             "input": "{}",
-            "model only, frames/s": "{:.1f}",
-            "end to end, frames/s": "{:.1f}",
-            "of model only": "{:.0%}",
+            "model only, batch 1": "{:.1f}",
+            f"model only, batch {args.batch}": "{:.1f}",
+            "end to end": "{:.1f}",
+            "of batch 1": "{:.0%}",
+            f"of batch {args.batch}": "{:.0%}",
         },
         command=command,
     )
@@ -194,12 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         make_clip(av, files, clip)
         rgb = [read_image(f) for f in files]
         size = tuple(rgb[0].shape[1:])
-        measures: dict[tuple[str, str], list[tuple[float, float]]] = {}
-        setups: dict[str, tuple[Predictor, list[torch.Tensor], dict[str, Callable[[], float]]]] = {}
+        # per (model, input), per round: model-only frames/s at batch 1 and at --batch, and end to end
+        measures: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        setups: dict[str, tuple[Predictor, dict[int, list[torch.Tensor]], dict[str, Callable[[], float]]]] = {}
         for name, p in predictors.items():
-            inputs = [
-                p.model.preprocessing(torch.stack(rgb[i : i + args.batch])) for i in range(0, len(rgb), args.batch)
-            ]
+            inputs = {
+                b: [p.model.preprocessing(torch.stack(rgb[i : i + b])) for i in range(0, len(rgb), b)]
+                for b in dict.fromkeys((1, args.batch))
+            }
             runs: dict[str, Callable[[], float]] = {
                 "video": lambda p=p, name=name: _timed_frames(
                     lambda: predict_video(p, clip, tmp / f"video_{name}", show_progress=False, preset=args.preset)
@@ -208,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: len(predict_files(p, files, tmp / f"folder_{name}", show_progress=False).written)
                 ),
             }
-            model_only(p, inputs[:2])  # warm-up: the runtime's first calls allocate
+            for batches in inputs.values():
+                model_only(p, batches[:2])  # warm-up: the runtime's first calls allocate
             for what, run in runs.items():
                 run()  # warm-up
                 measures[(name, what)] = []
@@ -216,40 +253,53 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for name, (p, inputs, runs) in setups.items():
                 for what, run in runs.items():
-                    alone = model_only(p, inputs)
-                    measures[(name, what)].append((alone, run()))
-        for (name, what), pairs in measures.items():
+                    one, many = model_only(p, inputs[1]), model_only(p, inputs[args.batch])
+                    measures[(name, what)].append((one, many, run()))
+        for (name, what), rounds in measures.items():
             throughput.add(
                 model=name,
                 input=what,
                 **{
-                    "model only, frames/s": statistics.median(a for a, _ in pairs),
-                    "end to end, frames/s": statistics.median(e for _, e in pairs),
-                    "of model only": statistics.median(e / a for a, e in pairs),
+                    "model only, batch 1": statistics.median(r[0] for r in rounds),
+                    f"model only, batch {args.batch}": statistics.median(r[1] for r in rounds),
+                    "end to end": statistics.median(r[2] for r in rounds),
+                    "of batch 1": statistics.median(r[2] / r[0] for r in rounds),
+                    f"of batch {args.batch}": statistics.median(r[2] / r[1] for r in rounds),
                 },
             )
         stage_times: dict[str, dict[str, list[float]]] = {}
         for name, p in predictors.items():
             palette = list(p.model.palette or voc_palette(p.num_classes))
             blender = Blender(palette, 0.5)
-            stage_times[f"video {name}"] = video_stages(av, p, clip, blender, args.preset)
+            stage_times[f"video {name}"] = video_stages(av, p, clip, 0.5, args.preset)
             (tmp / f"stages_{name}").mkdir()
             stage_times[f"folder {name}"] = folder_stages(p, files, blender, tmp / f"stages_{name}")
-        for stage in (*STAGES, "sum"):
+        for stage in (*STAGES, "sum", f"encode at {OTHER_PRESET}"):
             row: dict[str, float] = {}
             for column, times in stage_times.items():
                 per = {s: 1000 * statistics.median(v) for s, v in times.items()}
-                row[column] = sum(per.values()) if stage == "sum" else per[stage]
+                if stage == "sum":
+                    row[column] = sum(per[s] for s in STAGES)
+                elif stage in per:
+                    row[column] = per[stage]
             stages.add(stage=stage, **row)
     protocol = (
-        f"{len(files)} frames of {size[0]}x{size[1]} from {Path(args.frames).name}/, batch {args.batch}, passes: "
-        f"{'one whole-image pass' if args.tta == 'none' else 'the recipe'}s; video: an MPEG-4 part 2 clip of them at "
-        f"30 frames/s in, H.264 ({args.preset}) overlay out; folder: label PNG + overlay JPEG per frame; "
-        f"{args.rounds} interleaved rounds, medians; {platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}"
+        f"frames/s; {len(files)} frames of {size[0]}x{size[1]} from {Path(args.frames).name}/, end to end at batch "
+        f"{args.batch}, passes: {'one whole-image pass' if args.tta == 'none' else 'the recipe'}"
+        f"'s; video: an MPEG-4 part 2 clip of them at 30 frames/s in, H.264 ({args.preset}) overlay out; folder: "
+        f"label PNG + overlay JPEG per frame; model only: the forward passes over preprocessed frames (what fcnkit "
+        f"benchmark --fast times at batch 1); {args.rounds} interleaved rounds, medians, ratios the median of "
+        f"per-round ratios; {device_name(torch.device('cpu'))}, {platform.machine()}, {torch.get_num_threads()} "
+        f"threads, torch {torch.__version__}"
     )
     throughput.protocol = protocol
-    stages.protocol = protocol + "; stages: ms per frame (median), one frame at a time, no threads"
+    stages.protocol = (
+        f"ms per frame (median), one frame at a time, no threads (codecs single-threaded), through the functions "
+        f"the pipelines use; "
+        f"{len(files)} frames of {size[0]}x{size[1]}; video: the MPEG-4 clip in, H.264 ({args.preset}) out; "
+        f"folder: PNG files in, label PNG + overlay JPEG out; {device_name(torch.device('cpu'))}, "
+        f"{torch.get_num_threads()} threads"
+    )
     for table in (throughput, stages):
         for line in table.lines():
             print(line)

@@ -145,6 +145,41 @@ def test_blender_refuses_classes_without_a_colour() -> None:
         blender(np.zeros((1, 2, 3), np.uint8), np.zeros((2, 2), np.uint8))
 
 
+def test_yuv_blend_is_the_rgb_blend_in_the_codec_s_planes() -> None:
+    """Blending Y, U and V with the class colour's own Y, U and V gives the yuv420p of the RGB blend (FFmpeg's
+    BT.601 conversion): luma within 1, chroma within 1 inside a class's regions (blocks of one class)."""
+    av = pytest.importorskip("av")
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    label = np.zeros((48, 64), np.uint8)
+    label[8:32, 16:48] = 2  # whole 2x2 blocks: every chroma sample has one class
+    label[:, 56:] = 1
+    palette = [(0, 0, 0), (255, 40, 40), (30, 200, 90)]
+
+    def to_yuv(rgb: np.ndarray) -> np.ndarray:
+        return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray()
+
+    got = vis.YuvBlender(palette, 0.5)(to_yuv(image), label)
+    expected = to_yuv(vis.Blender(palette, 0.5)(image, label))
+    assert got.shape == expected.shape == (72, 64)
+    assert np.abs(got[:48].astype(int) - expected[:48]).max() <= 1
+    # chroma: FFmpeg's downsampling filter reaches into neighbouring blocks, so compare where a chroma sample and
+    # its neighbours all lie in one class
+    sub = label[::2, ::2].astype(int)
+    padded = np.pad(sub, 1, mode="edge")
+    same = np.ones_like(sub, dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            same &= padded[1 + dy : 25 + dy, 1 + dx : 33 + dx] == sub
+    for start in (48, 60):  # U, then V: 24 x 32 samples stored as 12 rows of 64
+        g = got[start : start + 12].reshape(24, 32).astype(int)
+        e = expected[start : start + 12].reshape(24, 32).astype(int)
+        assert same.sum() > 400 and np.abs(g - e)[same].max() <= 1
+    assert not vis.YuvBlender.fits(50, 64) and vis.YuvBlender.fits(48, 64)
+    with pytest.raises(ValueError, match="palette has 3"):
+        vis.YuvBlender(palette)(to_yuv(image), np.full((48, 64), 3, np.uint8))
+
+
 def test_fast_label_png_holds_the_same_values(tmp_path: Path) -> None:
     """uint8 labels take the short path and the fast zlib level; the file decodes to the same indices as the
     int64 path saved at Pillow's default level."""

@@ -43,11 +43,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
             labels=args.video_labels,
             max_frames=args.max_frames,
             name=name,
+            preset=args.video_preset,
         )
         h, w = video.size
         print(
             f"wrote {video.overlay}: {video.frames} frames, {w}x{h}, {float(video.rate):.3g} frames/s "
             f"(segmented at {video.frames_per_second:.1f} frames/s)"
+            + (f"; {video.dropped} frames dropped to keep up with the live source" if video.dropped else "")
             + (f"; labels in {video.labels}" if video.labels else "")
         )
     if not images:
@@ -81,6 +83,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--video-labels", action="store_true", help="videos: also write each frame's label PNG into <name>_labels/"
     )
     p.add_argument("--max-frames", type=int, help="videos, webcams, streams: stop after this many frames")
+    p.add_argument(
+        "--video-preset",
+        default="ultrafast",
+        choices=["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"],
+        help="x264 speed preset of the overlay video: ultrafast (default) takes the least time from the model, slower "
+        "presets make smaller files",
+    )
     p.add_argument(
         "--batch-size",
         type=int,

@@ -29,7 +29,7 @@ from ..data import voc_palette
 from ..errors import DataError, MissingFileError, OutputError
 from ..progress import Progress, ensure_handler, get_logger
 from ..utils import require
-from ..visualize import LABEL_PNG_COMPRESSION, Blender, label_to_palette_png
+from ..visualize import LABEL_PNG_COMPRESSION, Blender, YuvBlender, label_to_palette_png
 from .files import MARK, output_names, png_mark, written_by_fcnkit
 from .predictor import Predictor
 
@@ -153,7 +153,8 @@ class _Done:
 
 
 class FrameReader:
-    """Decodes a video in a thread of its own into a bounded queue of ``uint8`` ``(H, W, 3)`` RGB frames.
+    """Decodes a video in a thread of its own into a bounded queue of ``(rgb, yuv)`` frames: ``uint8``
+    ``(H, W, 3)`` RGB for the model, and with ``yuv`` the frame in ``yuv420p`` for the overlay (else ``None``).
 
     FFmpeg decodes with its own threads (``thread_type = "AUTO"``) and converts to RGB in the same call, outside
     Python's lock. From a file, the reader waits when the queue is full, so nothing is lost and memory stays
@@ -161,8 +162,11 @@ class FrameReader:
     waiting frame and counts it in ``dropped``, so what is segmented stays close to now instead of falling behind.
     """
 
-    def __init__(self, container: Any, stream: Any, capacity: int, live: bool, max_frames: int | None) -> None:
+    def __init__(
+        self, container: Any, stream: Any, capacity: int, live: bool, max_frames: int | None, yuv: bool = False
+    ) -> None:
         self.container, self.stream, self.live, self.max_frames = container, stream, live, max_frames
+        self.yuv = yuv
         self.frames: queue.Queue = queue.Queue(maxsize=max(1, capacity))
         self.dropped = 0
         self.decoded = 0
@@ -189,11 +193,13 @@ class FrameReader:
                 if self._stop.is_set() or (self.max_frames is not None and self.decoded >= self.max_frames):
                     break
                 rgb = frame.to_ndarray(format="rgb24")
+                # the frame as the codec has it too: the overlay is blended and encoded in yuv420p
+                item = (rgb, frame.to_ndarray(format="yuv420p")) if self.yuv else (rgb, None)
                 self.decoded += 1
                 if self.live:
                     while True:
                         try:
-                            self.frames.put_nowait(rgb)
+                            self.frames.put_nowait(item)
                             break
                         except queue.Full:
                             try:
@@ -201,13 +207,13 @@ class FrameReader:
                                 self.dropped += 1
                             except queue.Empty:
                                 pass
-                elif not self._put(rgb):
+                elif not self._put(item):
                     return
             self._put(_Done())
         except BaseException as e:  # handed to the consumer, which raises it
             self._put(_Done(e))
 
-    def batches(self, size: int) -> Iterator[list[np.ndarray]]:
+    def batches(self, size: int) -> Iterator[list[tuple[np.ndarray, np.ndarray | None]]]:
         """Frames in order, ``size`` at a time (fewer at the end; from a live source, what has arrived)."""
         done = False
         while not done:
@@ -244,7 +250,7 @@ class FrameWriter:
         av: Any,
         writer: Any,
         encoder: Any,
-        blender: Blender,
+        blender: Blender | YuvBlender,
         palette: list,
         label_dir: Path | None,
         capacity: int,
@@ -258,21 +264,26 @@ class FrameWriter:
         self._thread = threading.Thread(target=self._run, name="fcnkit-encode", daemon=True)
         self._thread.start()
 
-    def put(self, rgb: np.ndarray, label: np.ndarray) -> None:
+    def put(self, frame: tuple[np.ndarray, np.ndarray | None], label: np.ndarray) -> None:
+        """Queue a ``(rgb, yuv)`` frame (see :class:`FrameReader`) and its labels."""
         if self.error is not None:
             raise self.error
         while True:
             try:
-                self.jobs.put((rgb, label), timeout=0.1)
+                self.jobs.put((frame, label), timeout=0.1)
                 return
             except queue.Full:
                 if self.error is not None:
                     raise self.error from None
 
-    def write(self, rgb: np.ndarray, label: np.ndarray) -> None:
-        """One frame: blend, encode, mux; its label PNG."""
-        frame = self.av.VideoFrame.from_ndarray(self.blender(rgb, label), format="rgb24")
-        for packet in self.encoder.encode(frame):
+    def write(self, frame: tuple[np.ndarray, np.ndarray | None], label: np.ndarray) -> None:
+        """One frame: blend (in yuv420p when the frame came so), encode, mux; its label PNG."""
+        rgb, yuv = frame  # yuv is set exactly when the blender is a YuvBlender
+        if yuv is not None:
+            picture = self.av.VideoFrame.from_ndarray(self.blender(yuv, label), format="yuv420p")
+        else:
+            picture = self.av.VideoFrame.from_ndarray(self.blender(rgb, label), format="rgb24")
+        for packet in self.encoder.encode(picture):
             self.writer.mux(packet)
         if self.label_dir is not None:
             label_to_palette_png(label, self.palette).save(
@@ -366,13 +377,15 @@ def predict_video(
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
     palette = list(predictor.model.palette or voc_palette(predictor.num_classes))
-    blender = Blender(palette, alpha)
     overlay_path.parent.mkdir(parents=True, exist_ok=True)
     if label_dir is not None:
         label_dir.mkdir(exist_ok=True)
     writer = av.open(os.fspath(overlay_path), "w")
     writer.metadata["comment"] = MARK  # a later run may replace this file, and only files with this mark
     encoder = open_encoder(av, writer, rate, width, height, preset)
+    # blend where the encoder works: in yuv420p (no RGB -> YUV conversion of every frame), else in RGB
+    yuv = encoder.pix_fmt == "yuv420p" and YuvBlender.fits(height, width)
+    blender = YuvBlender(palette, alpha) if yuv else Blender(palette, alpha)
     if show_progress:
         ensure_handler()
     progress = Progress(
@@ -380,17 +393,17 @@ def predict_video(
         min_interval=10.0, enabled=show_progress,
     )  # fmt: skip
     capacity = QUEUE_BATCHES * predictor.batch_size
-    reader = FrameReader(container, stream, capacity, live, max_frames).start()
+    reader = FrameReader(container, stream, capacity, live, max_frames, yuv=yuv).start()
     frames = FrameWriter(av, writer, encoder, blender, palette, label_dir, capacity)
     count, start = 0, time.perf_counter()
     try:
         with progress:
             for batch in reader.batches(predictor.batch_size):
                 # planar (B, 3, H, W): the float passes of preprocessing run several times faster on it
-                rgb = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+                rgb = torch.from_numpy(np.stack([f[0] for f in batch])).permute(0, 3, 1, 2).contiguous()
                 labels_out = predictor.predict_labels(rgb).cpu().numpy()
-                for image, label in zip(batch, labels_out, strict=True):
-                    frames.put(image, label)
+                for frame, label in zip(batch, labels_out, strict=True):
+                    frames.put(frame, label)
                 count += len(batch)
                 values = {"frames/s": count / max(time.perf_counter() - start, 1e-9)}
                 if reader.dropped:

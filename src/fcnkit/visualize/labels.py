@@ -29,6 +29,7 @@ __all__ = [
     "IGNORE_COLOUR",
     "LABEL_PNG_COMPRESSION",
     "Blender",
+    "YuvBlender",
     "colorize",
     "comparison_grid",
     "label_to_palette_png",
@@ -255,6 +256,60 @@ class Blender:
         for channel in range(3):
             np.add(base, image[..., channel], out=index, casting="unsafe")
             np.take(self.table[channel], index, out=out[..., channel], mode="clip")
+        return out
+
+
+class YuvBlender:
+    """The overlay blend on a frame in planar YUV 4:2:0, the layout video codecs take, through lookup tables.
+
+    Blending is linear and so is the RGB -> YUV transform (BT.601, limited range, as FFmpeg converts ``rgb24``
+    to ``yuv420p``), so blending each plane with the class colour's Y, U and V gives the YUV of the RGB blend,
+    without converting the frame to RGB and back. Each 2x2 block's chroma takes the class of its top-left pixel.
+
+    Args:
+        palette: one ``(r, g, b)`` per class.
+        alpha: colour weight in 0..1.
+    """
+
+    def __init__(self, palette: Sequence[RGB], alpha: float = 0.5) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        r, g, b = _palette_array(palette).astype(np.float64).T
+        planes = (
+            16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255,
+            128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255,
+            128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255,
+        )
+        values = np.arange(256, dtype=np.float32)
+        self.tables = [
+            np.clip(np.rint(values[None, :] * (1.0 - alpha) + c.astype(np.float32)[:, None] * alpha), 0, 255)
+            .astype(np.uint8)
+            .reshape(-1)
+            for c in planes
+        ]
+        self.classes = len(r)
+
+    @staticmethod
+    def fits(height: int, width: int) -> bool:
+        """Frames whose 4:2:0 planes stack into whole rows of :meth:`av.VideoFrame.to_ndarray`'s layout."""
+        return height % 4 == 0 and width % 2 == 0
+
+    def __call__(self, yuv: np.ndarray, label: np.ndarray) -> np.ndarray:
+        """``yuv``: ``uint8`` ``(H * 3 / 2, W)``, the Y plane then U and V (``VideoFrame.to_ndarray`` of a
+        ``yuv420p`` frame); ``label``: ``(H, W)`` class indices. Returns the blended frame in the same layout."""
+        h, w = label.shape
+        if yuv.shape != (h * 3 // 2, w) or not self.fits(h, w):
+            raise ValueError(f"expected a yuv420p frame of {h * 3 // 2}x{w} for a {h}x{w} label, got {yuv.shape}")
+        top = int(label.max()) if label.size else 0
+        if top >= self.classes:
+            raise ValueError(f"label holds class {top}, but the palette has {self.classes} colours")
+        out = np.empty_like(yuv)
+        base = label.astype(np.uint16) << 8
+        np.take(self.tables[0], base + yuv[:h], out=out[:h])
+        sub, quarter = base[::2, ::2], h // 4
+        for i, start in enumerate((h, h + quarter)):
+            plane = yuv[start : start + quarter].reshape(h // 2, w // 2)
+            np.take(self.tables[i + 1], sub + plane, out=out[start : start + quarter].reshape(h // 2, w // 2))
         return out
 
 
