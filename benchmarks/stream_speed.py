@@ -51,7 +51,7 @@ from fcnkit.inference import Predictor, describe_backend, expand_inputs, predict
 from fcnkit.inference.files import png_mark
 from fcnkit.inference.tta import class_indices
 from fcnkit.inference.video import open_encoder, predict_video
-from fcnkit.utils import require
+from fcnkit.utils import require, tune_malloc
 from fcnkit.visualize import LABEL_PNG_COMPRESSION, Blender, YuvBlender, label_to_palette_png
 
 STAGES = ("read / decode", "preprocess", "model", "arg-max", "blend", "encode / write")
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="save the throughput table here")
     parser.add_argument("--stages-json", type=Path, help="save the stage table here")
     args = parser.parse_args(argv)
+    tune_malloc()  # as fcnkit predict does
     av = require("av", "video", "video input and output")
     command = " ".join(["python benchmarks/stream_speed.py", *sys.argv[1:]])
     files = expand_inputs([args.frames])[: args.count]

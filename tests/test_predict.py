@@ -44,6 +44,33 @@ def test_predict_folder_skips_corrupt_file_and_label_png_equals_argmax(tmp_path,
         assert probs.shape == (3, 37, 53) and np.allclose(probs.sum(0), 1, atol=1e-2)
 
 
+def test_fast_label_path_writes_the_same_files_as_the_probability_path(tmp_path):
+    """Without --probs the labels come from the arg-max inside the ONNX graph as uint8 and are written at a fast zlib
+    level: the PNGs hold the same values as with --probs (logits, then arg-max in torch) and as the eager model's
+    arg-max; the overlay is the JPEG of the float blend of those labels' colours."""
+    import io
+
+    from fcnkit.visualize import overlay
+
+    data = make_folder_dataset(tmp_path / "data", n_train=4, n_val=0, size=(40, 56))
+    images = data / "images" / "train"
+    model, ckpt = _checkpoint(tmp_path)
+    assert main(["predict", str(ckpt), str(images), "--out", str(tmp_path / "fast")]) == 0
+    assert main(["predict", str(ckpt), str(images), "--out", str(tmp_path / "probs"), "--probs"]) == 0
+    for src in sorted(images.glob("*.png")):
+        fast = np.array(Image.open(tmp_path / "fast" / src.name))
+        assert np.array_equal(fast, np.array(Image.open(tmp_path / "probs" / src.name)))
+        rgb = np.array(Image.open(src).convert("RGB"))
+        with torch.no_grad():
+            x = model.preprocessing(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+            assert np.array_equal(fast, model(x)["out"].argmax(1)[0].numpy())
+        # the overlay: the same bytes as the float blend of overlay(), so the same JPEG at the same quality
+        reference = io.BytesIO()
+        overlay(rgb, fast, model.palette, alpha=0.5).save(reference, format="JPEG", quality=92)
+        written = np.array(Image.open(tmp_path / "fast" / f"{src.stem}_overlay.jpg"))
+        assert np.array_equal(written, np.array(Image.open(reference)))
+
+
 def test_predictor_handles_modes_and_batches(tmp_path):
     _, ckpt = _checkpoint(tmp_path)
     predictor = Predictor(ckpt, batch_size=3)

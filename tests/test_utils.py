@@ -49,3 +49,24 @@ def test_compare_logits_hand_worked():
     assert not parity.passed(atol=1.0, rtol=0.0)
     assert parity.passed(atol=0.0, rtol=0.0, min_agreement=0.5, exact_logits=False)  # arg-max only
     assert compare_logits(expected, expected.clone()).passed(atol=0.0, rtol=0.0, min_agreement=1.0)
+
+
+def test_preprocessing_gives_the_formula_s_values_and_leaves_the_input_alone():
+    """(x * scale - mean) / std, computed in place on a new tensor: the same float32 values as the plain formula,
+    BGR reversing the channels first, and a float input is never modified."""
+    import torch
+
+    from fcnkit.preprocessing import IMAGENET, Preprocessing
+
+    x = torch.randint(0, 256, (2, 3, 9, 11), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(IMAGENET.mean).view(3, 1, 1), torch.tensor(IMAGENET.std).view(3, 1, 1)
+    assert torch.equal(IMAGENET(x), (x.float() * IMAGENET.scale - mean) / std)
+    bgr = Preprocessing("BGR", 1.0, (101.0, 112.0, 123.0), (51.0, 62.0, 73.0))
+    expected = (x.float().flip(1) - torch.tensor([101.0, 112.0, 123.0]).view(3, 1, 1)) / torch.tensor(
+        [51.0, 62.0, 73.0]
+    ).view(3, 1, 1)
+    assert torch.equal(bgr(x), expected)
+    floats = x.float()
+    kept = floats.clone()
+    IMAGENET(floats)
+    assert torch.equal(floats, kept)

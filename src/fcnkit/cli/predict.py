@@ -10,11 +10,14 @@ from ..card import card_of
 from ..inference import Predictor, describe_backend, expand_inputs, load_model, predict_files
 from ..inference.files import check_outputs, output_names
 from ..inference.video import is_video, predict_video, video_names
-from ..utils import resolve_device
+from ..utils import resolve_device, tune_malloc
 from .args import add_device_arg, add_inference_args, describe_run, inference_from_args
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    # frames and batches of one size are allocated and freed again and again: keep freed blocks for reuse instead
+    # of handing them back to the OS and faulting fresh pages in for the next one
+    tune_malloc()
     model = load_model(args.model, args.weights)
     videos = list(dict.fromkeys(item for item in args.inputs if is_video(item)))
     images = [item for item in args.inputs if not is_video(item)]
