@@ -101,8 +101,6 @@ def main(argv: list[str] | None = None) -> int:
                 **({"JPU speed-up": ratio, "FastFCN paper (GPU)": paper} if kind == "jpu" else {}),
             )
 
-    for line in table.lines():
-        print(line)
     table.protocol = (
         f"input {args.batch}x3x{args.size}x{args.size} float32, {args.num_classes} classes, "
         f"aux head {'on' if args.aux else 'off'}, random weights, eval + inference_mode, "
@@ -112,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         f"device {device.type} ({device_name(device)}), {torch.get_num_threads()} threads; torch {torch.__version__}"
     )
     table.notes = ["FastFCN paper: Pascal Context, 512x512, batch 1, GPU, aux and SE branches built, no device sync."]
-    print(f"\nprotocol: {table.protocol}")
-    print(table.notes[0])
-    if args.json:
-        table.save(args.json)
-        print(f"wrote {args.json}")
+    table.finish(args.json)
     return 0
 
 

@@ -130,12 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         f"ratios = median per-round ratios ({platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__})"
     )
-    for line in table.lines():
-        print(line)
-    print(f"\nprotocol: {table.protocol}")
-    if args.json:
-        table.save(args.json)
-        print(f"wrote {args.json}")
+    table.finish(args.json)
     return 0
 
 

@@ -284,10 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                 elif stage in per:
                     row[column] = per[stage]
             stages.add(stage=stage, **row)
+    passes = "one whole-image pass" if args.tta == "none" else "the recipe's"
     protocol = (
         f"frames/s; {len(files)} frames of {size[0]}x{size[1]} from {Path(args.frames).name}/, end to end at batch "
-        f"{args.batch}, passes: {'one whole-image pass' if args.tta == 'none' else 'the recipe'}"
-        f"'s; video: an MPEG-4 part 2 clip of them at 30 frames/s in, H.264 ({args.preset}) overlay out; folder: "
+        f"{args.batch}, passes: {passes}"
+        f"; video: an MPEG-4 part 2 clip of them at 30 frames/s in, H.264 ({args.preset}) overlay out; folder: "
         f"label PNG + overlay JPEG per frame; model only: the forward passes over preprocessed frames (what fcnkit "
         f"benchmark --fast times at batch 1); {args.rounds} interleaved rounds, medians, ratios the median of "
         f"per-round ratios; {device_name(torch.device('cpu'))}, {platform.machine()}, {torch.get_num_threads()} "
@@ -301,15 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         f"folder: PNG files in, label PNG + overlay JPEG out; {device_name(torch.device('cpu'))}, "
         f"{torch.get_num_threads()} threads"
     )
-    for table in (throughput, stages):
-        for line in table.lines():
-            print(line)
-        print()
-    print(f"protocol: {protocol}")
-    if args.json:
-        throughput.save(args.json)
-    if args.stages_json:
-        stages.save(args.stages_json)
+    throughput.finish(args.json)
+    print()
+    stages.finish(args.stages_json)
     return 0
 
 

@@ -143,22 +143,12 @@ def loop_against_compute(args: argparse.Namespace) -> int:
         f"median per-round ratio to compute; {args.warmup} untimed warm-up steps per variant; {platform.machine()}, "
         f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
-    return finish(table, args)
+    table.finish(args.json)
+    return 0
 
 
 def command() -> str:
     return " ".join(["python benchmarks/train_speed.py", *sys.argv[1:]])
-
-
-def finish(table: ResultsTable, args: argparse.Namespace) -> int:
-    """Print the table and its protocol; save it with ``--json``."""
-    for line in table.lines():
-        print(line)
-    print(f"\nprotocol: {table.protocol}")
-    if args.json:
-        table.save(args.json)
-        print(f"wrote {args.json}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} interleaved rounds (median; ratio = median per-round ratio against {args.settings[0]}); "
         f"{platform.machine()}, {device.type}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
-    return finish(table, args)
+    table.finish(args.json)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """benchmarks/train_speed.py --config: the training loop of a recipe against its own compute, on a tiny folder."""
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -27,19 +28,22 @@ def test_loop_variants_are_timed_against_compute_in_one_table(tmp_path, capsys, 
     recipe.write_text("pictures: 0\nema_decay: 0.99\n")
     overrides = tiny_overrides(root, tmp_path / "unused")
     argv = ["--config", str(recipe), "--set", *overrides, "--rounds", "1", "--warmup", "1",
-            "--variant", "data.cache=true", "--variant", "data.cache=false"]  # fmt: skip
+            "--variant", "data.cache=true", "--variant", "data.cache=false", "--json", str(tmp_path / "t.json")]  # fmt: skip
     assert _script().main(argv) == 0
-    lines = capsys.readouterr().out.splitlines()
-    table = {line[:46].strip(): line[46:].split() for line in lines[2:5]}
+    saved = json.loads((tmp_path / "t.json").read_text())
+    table = {row["setting"]: row for row in saved["rows"]}
     assert list(table) == ["compute", "data.cache=true", "data.cache=false"]
-    assert table["compute"][2] == "100.0%"
-    compute_rate = float(table["compute"][1])
+    assert table["compute"]["vs compute"] == 1.0
+    compute_rate = table["compute"]["images/s"]
     for name in ("data.cache=true", "data.cache=false"):
-        rate, ratio = float(table[name][1]), float(table[name][2].rstrip("%"))
+        rate, ratio = table[name]["images/s"], table[name]["vs compute"]
         # one round: the ratio is the variant's images/s over compute's
-        assert rate > 0 and ratio == pytest.approx(100 * rate / compute_rate, abs=0.06)
+        assert rate > 0 and ratio == pytest.approx(rate / compute_rate, rel=1e-9)
     # 8 samples in batches of 4: two steps per compute round and per epoch
-    assert "compute = 2 steps of the loop's step code" in lines[-1] and "1 rounds" in lines[-1]
+    assert "compute = 2 steps of the loop's step code" in saved["protocol"] and "1 rounds" in saved["protocol"]
+    # what was printed is the saved table
+    out = capsys.readouterr().out
+    assert all(line in out for line in ("setting", "data.cache=false", f"protocol: {saved['protocol']}"))
     # only the cached variant decoded its samples into memory
     decoded = [r.getMessage() for r in caplog.records if "decoded into memory" in r.getMessage()]
     assert len(decoded) == 1 and decoded[0].startswith("data.cache: 8 training samples")

@@ -453,6 +453,17 @@ class ResultsTable:
             "rows": self.rows,
         }
 
+    def finish(self, json_path: str | os.PathLike[str] | None = None) -> None:
+        """Print the table and its protocol; with ``json_path`` (a script's ``--json``) save it there too."""
+        for line in self.lines():
+            print(line)
+        print(f"\nprotocol: {self.protocol}")
+        for note in self.notes:
+            print(note)
+        if json_path:
+            self.save(json_path)
+            print(f"wrote {json_path}")
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the table and its provenance as JSON (through a temporary file, so a crash leaves no half file)."""
         tmp = f"{path}.tmp"

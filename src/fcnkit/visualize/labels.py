@@ -217,6 +217,16 @@ def overlay(
     return Image.fromarray(out)
 
 
+def _blend_table(colours: np.ndarray, alpha: float) -> np.ndarray:
+    """``uint8`` ``(K * 256,)``: for class ``k`` (colour value ``colours[k]``, float32) and pixel value ``v``, at
+    ``k * 256 + v``, the byte :func:`overlay` computes: ``rint((1 - alpha) * v + alpha * colour)`` in float32."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    values = np.arange(256, dtype=np.float32)
+    table = values[None, :] * (1.0 - alpha) + colours[:, None] * alpha
+    return np.clip(np.rint(table), 0, 255).astype(np.uint8).reshape(-1)
+
+
 class Blender:
     """:func:`overlay` for many frames of one palette and ``alpha``, through lookup tables.
 
@@ -230,14 +240,9 @@ class Blender:
     """
 
     def __init__(self, palette: Sequence[RGB], alpha: float = 0.5) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         pal = _palette_array(palette)
-        values = np.arange(256, dtype=np.float32)
-        colours = pal.astype(np.float32)
         # (3, K * 256): row c holds, for class k and pixel value v, the blended byte at k * 256 + v
-        table = values[None, None, :] * (1.0 - alpha) + colours.T[:, :, None] * alpha
-        self.table = np.clip(np.rint(table), 0, 255).astype(np.uint8).reshape(3, -1)
+        self.table = np.stack([_blend_table(channel, alpha) for channel in pal.T.astype(np.float32)])
         self.classes = len(pal)
 
     def __call__(self, image: np.ndarray, label: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -272,21 +277,13 @@ class YuvBlender:
     """
 
     def __init__(self, palette: Sequence[RGB], alpha: float = 0.5) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         r, g, b = _palette_array(palette).astype(np.float64).T
         planes = (
             16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255,
             128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255,
             128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255,
         )
-        values = np.arange(256, dtype=np.float32)
-        self.tables = [
-            np.clip(np.rint(values[None, :] * (1.0 - alpha) + c.astype(np.float32)[:, None] * alpha), 0, 255)
-            .astype(np.uint8)
-            .reshape(-1)
-            for c in planes
-        ]
+        self.tables = [_blend_table(c.astype(np.float32), alpha) for c in planes]
         self.classes = len(r)
 
     @staticmethod
