@@ -135,3 +135,36 @@ def test_an_encoder_error_stops_the_run_with_it(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         predict_video(fcnkit.Predictor(_model()), _clip(tmp_path / "clip.mp4"), tmp_path / "out", show_progress=False)
     assert threading.active_count() == before
+
+
+def test_stream_speed_benchmark_measures_both_pipelines(tmp_path):
+    """benchmarks/stream_speed.py on a few tiny frames: a row per model and input whose ratios are its end-to-end
+    over its model-only figures, and stage rows whose sum is the sum of the stages."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(frames / f"f{i}.png")
+    ckpt = fcnkit.save_checkpoint(tmp_path / "m.pth", _model())
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "stream_speed.py"
+    spec = importlib.util.spec_from_file_location("stream_speed", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--model", str(ckpt), "--frames", str(frames), "--rounds", "1", "--batch", "2",
+            "--json", str(tmp_path / "t.json"), "--stages-json", str(tmp_path / "s.json")]  # fmt: skip
+    assert script.main(argv) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert [(r["model"], r["input"]) for r in rows] == [("fp32", "video"), ("fp32", "folder")]
+    for r in rows:
+        assert r["end to end"] > 0
+        # one round: each ratio is the end-to-end figure over that round's model-only figure
+        assert r["of batch 1"] == pytest.approx(r["end to end"] / r["model only, batch 1"])
+        assert r["of batch 2"] == pytest.approx(r["end to end"] / r["model only, batch 2"])
+    stages = {r["stage"]: r for r in json.loads((tmp_path / "s.json").read_text())["rows"]}
+    for column in ("video fp32", "folder fp32"):
+        assert stages["sum"][column] == pytest.approx(sum(stages[s][column] for s in script.STAGES))
+    assert "folder fp32" not in stages["encode at veryfast"]
