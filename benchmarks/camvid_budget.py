@@ -351,18 +351,19 @@ def merge_commands(commands: list[str]) -> list[str]:
         command, _, comment = command.partition("   #")
         values: dict[str, list[str]] = {"--fold": [], "--seeds": [], "--tta": []}
         rest: list[str] = []
-        words = command.split(" ")
-        i = 0
-        while i < len(words):
-            if words[i] in values:
-                i += 1
-                while i < len(words) and words[i] and not words[i].startswith("--"):
-                    values[_option(words, i)].append(words[i])
-                    i += 1
+        words = iter(command.split(" "))
+        word = next(words, None)
+        while word is not None:
+            if word in values:  # an option whose values run to the next option
+                option, word = word, next(words, None)
+                while word is not None and not word.startswith("--"):
+                    values[option].append(word)
+                    word = next(words, None)
             else:
-                rest.append(words[i])
-                i += 1
-        key = " ".join([*rest, "--fold", *values.pop("--fold")]) + (f"   #{comment}" if comment else "")
+                rest.append(word)
+                word = next(words, None)
+        folds = values.pop("--fold")
+        key = " ".join(rest + (["--fold", *folds] if folds else [])) + (f"   #{comment}" if comment else "")
         into = merged.setdefault(key, {"--seeds": [], "--tta": []})
         for option, got in values.items():
             into[option] += [v for v in got if v not in into[option]]
@@ -372,13 +373,6 @@ def merge_commands(commands: list[str]) -> list[str]:
         options = " ".join(f"{o} {' '.join(v)}" for o, v in values.items() if v)
         lines.append(f"{command} {options}".strip() + (f"   #{comment}" if comment else ""))
     return lines
-
-
-def _option(words: list[str], i: int) -> str:
-    """The option whose values run through ``words[i]``."""
-    while not words[i].startswith("--"):
-        i -= 1
-    return words[i]
 
 
 def small_classes_mean(row: Row) -> float:

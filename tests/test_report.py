@@ -77,9 +77,12 @@ def test_commands_of_one_fold_merge_their_seeds_and_passes():
         f"{base} --fold 0006R0 --seeds 2 --tta flip_ms_up",
         f"{base} --fold 0001TP --seeds 1",
         "PYTHONPATH=src python x.py --fold 0006R0 --seeds 5   # at 59a981e",
+        f"{base} --seeds 0",  # SegNet's val split: no --fold
+        f"{base} --seeds 1",
     ]
     assert cb.merge_commands(commands) == [
         f"{base} --fold 0006R0 --seeds 1 2 --tta flip_ms_up",
         f"{base} --fold 0001TP --seeds 1",
         "PYTHONPATH=src python x.py --fold 0006R0 --seeds 5   # at 59a981e",
+        f"{base} --seeds 0 1",  # no dangling --fold
     ]
