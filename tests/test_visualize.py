@@ -137,7 +137,7 @@ def test_blender_gives_the_bytes_of_the_float_blend() -> None:
 
 def test_blender_refuses_classes_without_a_colour() -> None:
     blender = vis.Blender([(0, 0, 0), (255, 0, 0)], 0.5)
-    with pytest.raises(ValueError, match="class 2, but the palette has 2"):
+    with pytest.raises(ValueError, match=r"class\(es\) 2, but the palette has 2"):
         blender(np.zeros((2, 2, 3), np.uint8), np.array([[0, 1], [2, 0]], np.uint8))
     with pytest.raises(ValueError, match="palette has 2"):
         blender(np.zeros((1, 2, 3), np.uint8), np.array([[0, -1]]))
@@ -178,6 +178,14 @@ def test_yuv_blend_is_the_rgb_blend_in_the_codec_s_planes() -> None:
     assert not vis.YuvBlender.fits(50, 64) and vis.YuvBlender.fits(48, 64)
     with pytest.raises(ValueError, match="palette has 3"):
         vis.YuvBlender(palette)(to_yuv(image), np.full((48, 64), 3, np.uint8))
+    with pytest.raises(ValueError, match="palette has 3"):
+        vis.YuvBlender(palette)(to_yuv(image), np.full((48, 64), -1))
+    # beyond 256 classes the table indices need more than 16 bits: class 299 gets its own colour, by hand
+    many = [(0, 0, 0)] * 299 + [(255, 255, 255)]
+    flat = to_yuv(np.full((48, 64, 3), 100, np.uint8))
+    white = vis.YuvBlender(many, 1.0)(flat, np.full((48, 64), 299))
+    assert white[:48].min() == white[:48].max() == 235  # BT.601 white: Y 235, U = V = 128
+    assert np.all(white[48:] == 128)
 
 
 def test_fast_label_png_holds_the_same_values(tmp_path: Path) -> None:

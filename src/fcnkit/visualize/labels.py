@@ -227,6 +227,14 @@ def _blend_table(colours: np.ndarray, alpha: float) -> np.ndarray:
     return np.clip(np.rint(table), 0, 255).astype(np.uint8).reshape(-1)
 
 
+def _table_index(label: np.ndarray, classes: int) -> np.ndarray:
+    """``label * 256`` as lookup-table indices (uint16 up to 256 classes), after checking every value has a colour."""
+    if label.size and (int(label.max()) >= classes or int(label.min()) < 0):
+        bad = label[(label < 0) | (label >= classes)]
+        raise ValueError(f"label holds class(es) {_describe(bad)}, but the palette has {classes} colours")
+    return label.astype(np.uint16 if classes <= 256 else np.int64) << 8
+
+
 class Blender:
     """:func:`overlay` for many frames of one palette and ``alpha``, through lookup tables.
 
@@ -245,18 +253,15 @@ class Blender:
         self.table = np.stack([_blend_table(channel, alpha) for channel in pal.T.astype(np.float32)])
         self.classes = len(pal)
 
-    def __call__(self, image: np.ndarray, label: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, image: np.ndarray, label: np.ndarray) -> np.ndarray:
         """``image``: ``uint8`` ``(H, W, 3)``; ``label``: ``(H, W)`` class indices below the palette's length.
-        Returns the blended ``uint8`` ``(H, W, 3)`` frame (into ``out`` when given)."""
+        Returns the blended ``uint8`` ``(H, W, 3)`` frame."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}")
         if label.shape != image.shape[:2]:
             raise ValueError(f"image is {image.shape[:2]} (H, W) but label is {label.shape}")
-        top = int(label.max()) if label.size else 0
-        if top >= self.classes or (label.dtype.kind == "i" and label.size and int(label.min()) < 0):
-            raise ValueError(f"label holds class {top}, but the palette has {self.classes} colours")
-        base = label.astype(np.uint16 if self.classes <= 256 else np.int64) << 8
-        out = np.empty_like(image) if out is None else out
+        base = _table_index(label, self.classes)
+        out = np.empty_like(image)
         index = np.empty(label.shape, dtype=base.dtype)
         for channel in range(3):
             np.add(base, image[..., channel], out=index, casting="unsafe")
@@ -297,11 +302,8 @@ class YuvBlender:
         h, w = label.shape
         if yuv.shape != (h * 3 // 2, w) or not self.fits(h, w):
             raise ValueError(f"expected a yuv420p frame of {h * 3 // 2}x{w} for a {h}x{w} label, got {yuv.shape}")
-        top = int(label.max()) if label.size else 0
-        if top >= self.classes:
-            raise ValueError(f"label holds class {top}, but the palette has {self.classes} colours")
+        base = _table_index(label, self.classes)
         out = np.empty_like(yuv)
-        base = label.astype(np.uint16) << 8
         np.take(self.tables[0], base + yuv[:h], out=out[:h])
         sub, quarter = base[::2, ::2], h // 4
         for i, start in enumerate((h, h + quarter)):
