@@ -50,7 +50,7 @@ from fcnkit.data.io import read_image
 from fcnkit.inference import Predictor, describe_backend, expand_inputs, predict_files
 from fcnkit.inference.files import png_mark
 from fcnkit.inference.tta import class_indices
-from fcnkit.inference.video import open_encoder, predict_video
+from fcnkit.inference.video import frame_arrays, open_encoder, overlay_blender, overlay_picture, predict_video
 from fcnkit.utils import require, tune_malloc
 from fcnkit.visualize import LABEL_PNG_COMPRESSION, Blender, YuvBlender, label_to_palette_png
 
@@ -103,23 +103,20 @@ def video_stages(av, predictor: Predictor, clip: Path, alpha: float, preset: str
             codec.thread_type, codec.codec_context.thread_count = "SLICE", 1
             codec.options = {**codec.options, "threads": "1"}
         times[f"encode at {OTHER_PRESET}"] = []
-        yuv = encoder.pix_fmt == "yuv420p" and YuvBlender.fits(height, width)
-        blender = YuvBlender(palette, alpha) if yuv else Blender(palette, alpha)
+        blender = overlay_blender(encoder, palette, alpha)
+        yuv = isinstance(blender, YuvBlender)
         frames = container.decode(stream)
         while True:
             t0 = time.perf_counter()
             frame = next(frames, None)
             if frame is None:
                 break
-            rgb = frame.to_ndarray(format="rgb24")
-            planes = frame.to_ndarray(format="yuv420p") if yuv else None
+            arrays = frame_arrays(frame, yuv)
             t1 = time.perf_counter()
-            label = _segment(predictor, torch.from_numpy(rgb[None]).permute(0, 3, 1, 2).contiguous(), times, t1)
+            rgb = torch.from_numpy(arrays[0][None]).permute(0, 3, 1, 2).contiguous()
+            label = _segment(predictor, rgb, times, t1)
             t4 = time.perf_counter()
-            if planes is not None:
-                picture = av.VideoFrame.from_ndarray(blender(planes, label), format="yuv420p")
-            else:
-                picture = av.VideoFrame.from_ndarray(blender(rgb, label), format="rgb24")
+            picture = overlay_picture(av, blender, arrays, label)
             t5 = time.perf_counter()
             for packet in encoder.encode(picture):
                 writer.mux(packet)

@@ -38,9 +38,12 @@ __all__ = [
     "FrameReader",
     "FrameWriter",
     "VideoReport",
+    "frame_arrays",
     "is_live",
     "is_video",
     "open_encoder",
+    "overlay_blender",
+    "overlay_picture",
     "predict_video",
     "video_name",
     "video_names",
@@ -145,6 +148,28 @@ def is_live(source: str) -> bool:
     return source.startswith(STREAM_PREFIXES)
 
 
+def frame_arrays(frame: Any, yuv: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decoded frame as ``uint8`` ``(H, W, 3)`` RGB for the model and, with ``yuv``, in ``yuv420p`` as the codec
+    has it, for the overlay (else ``None``)."""
+    return frame.to_ndarray(format="rgb24"), frame.to_ndarray(format="yuv420p") if yuv else None
+
+
+def overlay_blender(encoder: Any, palette: list, alpha: float) -> Blender | YuvBlender:
+    """The overlay's blender: in the encoder's yuv420p planes (no RGB -> YUV conversion per frame) when the frame
+    size allows it, else in RGB."""
+    if encoder.pix_fmt == "yuv420p" and YuvBlender.fits(encoder.height, encoder.width):
+        return YuvBlender(palette, alpha)
+    return Blender(palette, alpha)
+
+
+def overlay_picture(av: Any, blender: Blender | YuvBlender, frame: tuple[np.ndarray, np.ndarray | None], label: Any):
+    """The blended ``av.VideoFrame`` of a ``(rgb, yuv)`` frame (:func:`frame_arrays`) and its labels."""
+    rgb, yuv = frame
+    if isinstance(blender, YuvBlender):
+        return av.VideoFrame.from_ndarray(blender(yuv, label), format="yuv420p")
+    return av.VideoFrame.from_ndarray(blender(rgb, label), format="rgb24")
+
+
 class _Done:
     """Ends a queue: the reader is finished (``error`` set when it failed)."""
 
@@ -192,9 +217,7 @@ class FrameReader:
             for frame in self.container.decode(self.stream):
                 if self._stop.is_set() or (self.max_frames is not None and self.decoded >= self.max_frames):
                     break
-                rgb = frame.to_ndarray(format="rgb24")
-                # the frame as the codec has it too: the overlay is blended and encoded in yuv420p
-                item = (rgb, frame.to_ndarray(format="yuv420p")) if self.yuv else (rgb, None)
+                item = frame_arrays(frame, self.yuv)
                 self.decoded += 1
                 if self.live:
                     while True:
@@ -278,12 +301,7 @@ class FrameWriter:
 
     def write(self, frame: tuple[np.ndarray, np.ndarray | None], label: np.ndarray) -> None:
         """One frame: blend (in yuv420p when the frame came so), encode, mux; its label PNG."""
-        rgb, yuv = frame  # yuv is set exactly when the blender is a YuvBlender
-        if yuv is not None:
-            picture = self.av.VideoFrame.from_ndarray(self.blender(yuv, label), format="yuv420p")
-        else:
-            picture = self.av.VideoFrame.from_ndarray(self.blender(rgb, label), format="rgb24")
-        for packet in self.encoder.encode(picture):
+        for packet in self.encoder.encode(overlay_picture(self.av, self.blender, frame, label)):
             self.writer.mux(packet)
         if self.label_dir is not None:
             label_to_palette_png(label, self.palette).save(
@@ -383,9 +401,7 @@ def predict_video(
     writer = av.open(os.fspath(overlay_path), "w")
     writer.metadata["comment"] = MARK  # a later run may replace this file, and only files with this mark
     encoder = open_encoder(av, writer, rate, width, height, preset)
-    # blend where the encoder works: in yuv420p (no RGB -> YUV conversion of every frame), else in RGB
-    yuv = encoder.pix_fmt == "yuv420p" and YuvBlender.fits(height, width)
-    blender = YuvBlender(palette, alpha) if yuv else Blender(palette, alpha)
+    blender = overlay_blender(encoder, palette, alpha)
     if show_progress:
         ensure_handler()
     progress = Progress(
@@ -393,7 +409,7 @@ def predict_video(
         min_interval=10.0, enabled=show_progress,
     )  # fmt: skip
     capacity = QUEUE_BATCHES * predictor.batch_size
-    reader = FrameReader(container, stream, capacity, live, max_frames, yuv=yuv).start()
+    reader = FrameReader(container, stream, capacity, live, max_frames, yuv=isinstance(blender, YuvBlender)).start()
     frames = FrameWriter(av, writer, encoder, blender, palette, label_dir, capacity)
     count, start = 0, time.perf_counter()
     try:
