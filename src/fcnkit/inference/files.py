@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from ..data.io import read_image
 from ..errors import MissingFileError, OutputError
 from ..progress import Progress, ensure_handler, get_logger
 from ..visualize import LABEL_PNG_COMPRESSION, Blender, label_to_palette_png
-from .predictor import Prediction, Predictor
+from .predictor import Predictor
 
 __all__ = ["IMAGE_SUFFIXES", "PredictionReport", "check_outputs", "expand_inputs", "output_names", "predict_files"]
 
@@ -193,11 +192,11 @@ def predict_files(
         def flush() -> None:
             stacked = torch.stack([rgb for _, rgb in batch])
             if probs:
-                preds = predictor.predict_tensor(stacked, probs=True)
+                results = [(p.label, p.probs) for p in predictor.predict_tensor(stacked, probs=True)]
             else:  # uint8 labels straight from the model's output, no int64 copy
-                preds = [Prediction(label) for label in predictor.predict_labels(stacked).cpu()]
-            for (path, rgb), pred in zip(batch, preds, strict=True):
-                args = (out / names[path], path, rgb, pred, palette, blender, probs)
+                results = [(label, None) for label in predictor.predict_labels(stacked).cpu()]
+            for (path, rgb), (label, soft) in zip(batch, results, strict=True):
+                args = (out / names[path], path, rgb, label, soft, palette, blender)
                 writes.append(io.submit(_write, *args))
             batch.clear()
             while writes and (writes[0].done() or len(writes) > 2 * predictor.batch_size + 2):
@@ -250,17 +249,17 @@ def _decoded(io: ThreadPoolExecutor, paths: list[Path], lookahead: int) -> Itera
 
 
 def _write(
-    base: Path, path: Path, rgb: Tensor, pred: Any, palette: list, blender: Blender | None, probs: bool
+    base: Path, path: Path, rgb: Tensor, label: Tensor, probs: Tensor | None, palette: list, blender: Blender | None
 ) -> tuple[Path, Path]:
-    """The label PNG, the overlay (with a ``blender``) and the probabilities of one image; ``base`` is the output
-    path without suffix."""
+    """The label PNG, the overlay (with a ``blender``) and the probabilities (when given) of one image; ``base`` is
+    the output path without suffix."""
     base.parent.mkdir(parents=True, exist_ok=True)
-    label = pred.label.numpy()
+    label = label.numpy()
     label_png = base.with_name(base.name + ".png")
     label_to_palette_png(label, palette).save(label_png, pnginfo=png_mark(), compress_level=LABEL_PNG_COMPRESSION)
     if blender is not None:
         picture = Image.fromarray(blender(rgb.permute(1, 2, 0).numpy(), label))
         picture.save(base.with_name(base.name + "_overlay.jpg"), quality=92, comment=MARK)
-    if probs:
-        np.save(base.with_name(base.name + "_probs.npy"), pred.probs.numpy().astype(np.float16))
+    if probs is not None:
+        np.save(base.with_name(base.name + "_probs.npy"), probs.numpy().astype(np.float16))
     return path, label_png
