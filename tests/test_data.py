@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import scipy.io
 import torch
 from PIL import Image, ImageFile
+from PIL.PngImagePlugin import PngInfo
 
 from fcnkit.data import (
     DATASETS,
@@ -20,6 +22,7 @@ from fcnkit.data import (
     SegmentationDataset,
     build_dataset,
     check_dataset,
+    io,
     list_datasets,
     read_image,
     read_label,
@@ -107,6 +110,75 @@ def test_read_image_rgb_png_exact(tmp_path):
     img = read_image(tmp_path / "x.png")
     assert img.dtype == torch.uint8 and img.shape == (3, 5, 7)
     assert np.array_equal(img.permute(1, 2, 0).numpy(), pixels)
+
+
+def photo_like(seed: int, h: int, w: int) -> np.ndarray:
+    """Smooth gradients with noise on top, so that every PNG row filter has something to predict."""
+    y, x = np.mgrid[0:h, 0:w]
+    smooth = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) * 127 // max(h + w - 2, 1)], 2)
+    noise = np.random.default_rng(seed).integers(-12, 13, (h, w, 3))
+    return np.clip(smooth + noise, 0, 255).astype(np.uint8)
+
+
+def ffmpeg_png(av, path: Path, pixels: np.ndarray, pred: str) -> None:
+    """``pixels`` as an RGB PNG written by FFmpeg's encoder with row filter ``pred``."""
+    encoder = av.CodecContext.create("png", "w")
+    encoder.height, encoder.width = pixels.shape[:2]
+    encoder.pix_fmt = "rgb24"
+    encoder.options = {"pred": pred}
+    packets = encoder.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")) + encoder.encode(None)
+    path.write_bytes(b"".join(bytes(packet) for packet in packets))
+
+
+@pytest.mark.parametrize("pred", ["none", "sub", "up", "avg", "paeth", "mixed"])
+def test_rgb_png_decoded_by_ffmpeg_has_pils_pixels(tmp_path, pred):
+    """8-bit RGB PNGs go through FFmpeg's decoder (faster); PNG is lossless, so PIL's pixels, for every row
+    filter, in files written by FFmpeg and by PIL."""
+    av = pytest.importorskip("av")
+    pixels = photo_like(int.from_bytes(pred.encode(), "big") % 1000, 37, 53)
+    ffmpeg_png(av, tmp_path / "ffmpeg.png", pixels, pred)
+    save_rgb(tmp_path / "pil.png", pixels)
+    for name in ("ffmpeg.png", "pil.png"):
+        path = tmp_path / name
+        assert np.array_equal(np.asarray(Image.open(path)), pixels)  # the file is what it claims to be
+        assert io._read_png_rgb24(path) is not None  # ... and takes the FFmpeg path
+        out = read_image(path)
+        assert out.dtype == torch.uint8 and out.shape == (3, 37, 53) and out.is_contiguous()
+        assert np.array_equal(out.permute(1, 2, 0).numpy(), pixels)
+
+
+def test_pngs_ffmpeg_does_not_decode_exactly_as_pil_go_to_pil(tmp_path, monkeypatch):
+    """Text chunks (which may hold an orientation), eXIf, a missing end, other colour types, an error inside the
+    data and a missing PyAV all send the file to PIL, with PIL's result or error."""
+    av = pytest.importorskip("av")
+    pixels = photo_like(5, 8, 16)
+    info = PngInfo()
+    info.add_text("Comment", "a text chunk")
+    save_rgb(tmp_path / "text.png", pixels, pnginfo=info)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    save_rgb(tmp_path / "exif.png", pixels, exif=exif.tobytes())
+    ffmpeg_png(av, tmp_path / "whole.png", pixels, "paeth")
+    whole = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "no_end.png").write_bytes(whole[:-12])  # IEND cut off: PIL reads it all the same
+    Image.fromarray(pixels[..., 0]).save(tmp_path / "gray.png")
+    for name in ("text.png", "exif.png", "no_end.png", "gray.png"):
+        assert io._read_png_rgb24(tmp_path / name) is None, name
+    assert np.array_equal(read_image(tmp_path / "text.png").permute(1, 2, 0).numpy(), pixels)
+    assert np.array_equal(read_image(tmp_path / "exif.png").permute(1, 2, 0).numpy(), np.rot90(pixels, k=-1))
+    assert np.array_equal(read_image(tmp_path / "no_end.png").permute(1, 2, 0).numpy(), pixels)
+
+    # zeroed compressed data, whole file structure intact: FFmpeg refuses it, then PIL names the file
+    start = whole.index(b"IDAT") + 4
+    broken = whole[:start] + bytes(40) + whole[start + 40 :]
+    (tmp_path / "broken.png").write_bytes(broken)
+    assert io._plain_rgb_png(broken) and io._read_png_rgb24(tmp_path / "broken.png") is None
+    with pytest.raises(DataError, match=re.escape("broken.png")):
+        read_image(tmp_path / "broken.png")
+
+    monkeypatch.setitem(sys.modules, "av", None)  # PyAV not installed: PIL decodes every file
+    assert io._read_png_rgb24(tmp_path / "whole.png") is None
+    assert np.array_equal(read_image(tmp_path / "whole.png").permute(1, 2, 0).numpy(), pixels)
 
 
 def test_read_image_grayscale_rgba_palette_16bit_cmyk(tmp_path):

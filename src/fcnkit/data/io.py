@@ -124,10 +124,78 @@ def read_image(path: PathLike) -> Tensor:
 
     Grayscale, palette, RGBA/LA (alpha dropped), CMYK and YCbCr images are converted to RGB; 16-bit
     grayscale (PIL modes ``I;16`` and ``I``, as 16-bit PNG/TIFF open) is scaled to 0-255 by ``v / 257``.
-    Raises :class:`DataError` naming the file when it is missing, corrupt or truncated.
+    Raises :class:`DataError` naming the file when it is missing, corrupt or truncated. Plain 8-bit RGB PNGs are
+    decoded by FFmpeg when PyAV is installed (the same pixels, in two thirds of the time), all else by PIL.
     """
     path = Path(path)
+    fast = _read_png_rgb24(path)
+    if fast is not None:
+        return torch.from_numpy(fast).permute(2, 0, 1).contiguous()
     return _rgb_tensor(_open_upright(path, "image"), f"image {path}")
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: chunks that change nothing in an 8-bit RGB PNG's pixels as :func:`read_image` returns them (colour-space and
+#: display hints PIL ignores too); any other chunk (text, which may carry EXIF or XMP orientation, eXIf,
+#: transparency, animation...) sends the file to PIL
+_PLAIN_PNG_CHUNKS = frozenset(
+    {b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"pHYs", b"sBIT", b"tIME"}
+)
+
+
+def _plain_rgb_png(data: bytes) -> bool:
+    """Whether ``data`` is a non-interlaced 8-bit RGB PNG (colour type 2) with only :data:`_PLAIN_PNG_CHUNKS`,
+    whose chunks all lie within the file, and no more pixels than PIL decodes without a warning."""
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return False
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour, interlace = data[24], data[25], data[28]
+    limit = Image.MAX_IMAGE_PIXELS
+    if depth != 8 or colour != 2 or interlace != 0 or (limit is not None and width * height > limit):
+        return False
+    at = 8
+    while at + 12 <= len(data):
+        size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        if kind not in _PLAIN_PNG_CHUNKS:
+            return False
+        at += 12 + size
+        if kind == b"IEND":
+            return at <= len(data)
+    return False
+
+
+def _read_png_rgb24(path: Path) -> np.ndarray | None:
+    """The pixels of a plain 8-bit RGB PNG (:func:`_plain_rgb_png`) decoded by FFmpeg's PNG decoder through PyAV
+    (the ``video`` extra), ``uint8`` ``(H, W, 3)``; ``None`` for any other file, without PyAV, or when FFmpeg
+    reports an error, and :func:`read_image` then reads the file through PIL, which converts and orients it and
+    names what is wrong.
+
+    PNG is lossless, so the pixels are the ones PIL decodes (tested); FFmpeg takes about two thirds of PIL's time
+    on a 360x480 CamVid frame (3.1 against 4.7 ms on one core), the largest cost of ``fcnkit predict`` on a
+    folder of PNG frames after the model.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _PNG_SIGNATURE:
+                return None
+            data = _PNG_SIGNATURE + f.read()
+    except OSError:
+        return None  # PIL's path says what is wrong with the file
+    if not _plain_rgb_png(data):
+        return None
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        decoder = av.CodecContext.create("png", "r")
+        decoder.thread_count = 1  # the callers decode several files at once in their own threads
+        frames = decoder.decode(av.Packet(data))
+    except av.FFmpegError:
+        return None
+    if len(frames) != 1 or frames[0].format.name != "rgb24":
+        return None
+    return frames[0].to_ndarray()
 
 
 def decode_image(
