@@ -3,9 +3,10 @@ each frame's time goes, in one run.
 
 For each model (a checkpoint on the default inference path, and with ``--int8`` a file from ``fcnkit quantize``):
 
-* **model only**: the model's forward passes over the preprocessed frames, at batch 1 (what ``fcnkit benchmark
-  --fast`` times) and at ``--batch`` (default 4, as ``fcnkit predict``), for the passes the predictor runs
-  (``--tta none``: one pass);
+* **model only**: the model's passes from the preprocessed frames to labels (``--tta none``: one pass), one run on
+  all cores at batch 1 (what ``fcnkit benchmark --fast`` times) and every other way the pipelines could run it: one
+  run or several at once (:meth:`~fcnkit.inference.Predictor.concurrent`), at batch 1 and at ``--batch``; the
+  end-to-end figures are compared with the fastest of these (``--modes-json`` keeps them all);
 * **video**: :func:`fcnkit.inference.video.predict_video` on a clip made from the frames (MPEG-4 part 2 at 30 frames/s,
   the usual camera output), writing the overlay video, as ``fcnkit predict CK clip.mp4`` does;
 * **folder**: :func:`fcnkit.inference.predict_files` on the frames' files, writing label PNGs and overlays, as
@@ -23,7 +24,8 @@ at the encoder's preset) or write (label PNG and overlay JPEG). The video's pict
 overlap; the pipelines overlap decoding and encoding with the model in threads.
 
     python benchmarks/stream_speed.py --model RUN/best.pth --frames CAMVID/val --count 120 \\
-        --int8 int8.onnx --json benchmarks/results/stream_speed.json --stages-json benchmarks/results/stream_stages.json
+        --int8 int8.onnx --json benchmarks/results/stream_speed.json --stages-json benchmarks/results/stream_stages.json \\
+        --modes-json benchmarks/results/stream_modes.json
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from fcnkit.data import voc_palette
 from fcnkit.data.io import read_image
 from fcnkit.inference import Predictor, describe_backend, expand_inputs, predict_files
 from fcnkit.inference.files import png_mark
+from fcnkit.inference.predictor import InOrder
 from fcnkit.inference.tta import class_indices
 from fcnkit.inference.video import frame_arrays, open_encoder, overlay_blender, overlay_picture, predict_video
 from fcnkit.utils import require, tune_malloc
@@ -75,15 +78,28 @@ def make_clip(av, frames: list[Path], path: Path, rate: int = 30) -> None:
             out.mux(packet)
 
 
-def model_only(predictor: Predictor, inputs: list[torch.Tensor]) -> float:
-    """Frames/s of the forward passes alone over preprocessed batches."""
-    from fcnkit.inference.tta import infer_logits
-
+def model_only(runner: Predictor, runs: int, inputs: list[torch.Tensor]) -> float:
+    """Frames/s of the model alone over preprocessed batches, ``runs`` batches at once (``runner`` from
+    :meth:`Predictor.concurrent` when ``runs > 1``), each pass as the pipelines run it: to uint8 labels."""
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), InOrder(runs) as pool:
         for x in inputs:
-            infer_logits(predictor.model, x, predictor.inference, predictor.num_classes)
+            pool.submit(None, lambda x=x: _labels(runner, x))
+        for _ in pool.drain():
+            pass
     return sum(x.shape[0] for x in inputs) / (time.perf_counter() - start)
+
+
+def _labels(predictor: Predictor, x: torch.Tensor) -> torch.Tensor:
+    """:meth:`Predictor.predict_labels` after the preprocessing: the arg-max inside the runtime's graph for one
+    plain pass when it has one, else the logits' arg-max."""
+    from fcnkit.inference.tta import infer_logits, is_plain
+
+    inside = getattr(predictor.model, "labels", None) if is_plain(predictor.inference) else None
+    labels = inside(x) if callable(inside) else None
+    if labels is None:
+        labels = class_indices(infer_logits(predictor.model, x, predictor.inference, predictor.num_classes))
+    return labels
 
 
 def video_stages(av, predictor: Predictor, clip: Path, alpha: float, preset: str) -> dict[str, list[float]]:
@@ -195,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", choices=["none", "recipe"], default="none", help="the predictor's passes")
     parser.add_argument("--json", type=Path, help="save the throughput table here")
     parser.add_argument("--stages-json", type=Path, help="save the stage table here")
+    parser.add_argument("--modes-json", type=Path, help="save the model-only table (each way to run it) here")
     args = parser.parse_args(argv)
     tune_malloc()  # as fcnkit predict does
     av = require("av", "video", "video input and output")
@@ -209,12 +226,17 @@ def main(argv: list[str] | None = None) -> int:
         {
             "model": "{}",
             "input": "{}",
-            "model only, batch 1": "{:.1f}",
-            f"model only, batch {args.batch}": "{:.1f}",
+            "model only, 1 run, batch 1": "{:.1f}",
+            "model only, best": "{:.1f}",
+            "best as": "{}",
             "end to end": "{:.1f}",
-            "of batch 1": "{:.0%}",
-            f"of batch {args.batch}": "{:.0%}",
+            "of 1 run, batch 1": "{:.0%}",
+            "of best": "{:.0%}",
         },
+        command=command,
+    )
+    modes = ResultsTable(
+        {"model": "{}", "runs at once": "{}", "threads a run": "{}", "batch": "{}", "frames/s": "{:.1f}"},
         command=command,
     )
     stages = ResultsTable(
@@ -226,15 +248,20 @@ def main(argv: list[str] | None = None) -> int:
         make_clip(av, files, clip)
         rgb = [read_image(f) for f in files]
         size = tuple(rgb[0].shape[1:])
-        # per (model, input), per round: model-only frames/s at batch 1 and at --batch, and end to end
-        measures: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-        setups: dict[str, tuple[Predictor, dict[int, list[torch.Tensor]], dict[str, Callable[[], float]]]] = {}
+        # per model, per round: model-only frames/s of each way to run it; per (model, input), per round: end to end
+        alone: dict[str, list[dict[tuple[int, int], float]]] = {}
+        measures: dict[tuple[str, str], list[float]] = {}
+        setups = {}
         for name, p in predictors.items():
+            runner, runs = p.concurrent()
+            ways = {(1, b): p for b in dict.fromkeys((1, args.batch))} | {
+                (runs, b): runner for b in dict.fromkeys((1, args.batch)) if runs > 1
+            }
             inputs = {
                 b: [p.model.preprocessing(torch.stack(rgb[i : i + b])) for i in range(0, len(rgb), b)]
                 for b in dict.fromkeys((1, args.batch))
             }
-            runs: dict[str, Callable[[], float]] = {
+            ends: dict[str, Callable[[], float]] = {
                 "video": lambda p=p, name=name: _timed_frames(
                     lambda: predict_video(p, clip, tmp / f"video_{name}", show_progress=False, preset=args.preset)
                 ),
@@ -242,27 +269,40 @@ def main(argv: list[str] | None = None) -> int:
                     lambda: len(predict_files(p, files, tmp / f"folder_{name}", show_progress=False).written)
                 ),
             }
-            for batches in inputs.values():
-                model_only(p, batches[:2])  # warm-up: the runtime's first calls allocate
-            for what, run in runs.items():
+            for (n, b), way in ways.items():
+                model_only(way, n, inputs[b][:4])  # warm-up: the runtime's first calls allocate
+            for what, run in ends.items():
                 run()  # warm-up
                 measures[(name, what)] = []
-            setups[name] = (p, inputs, runs)
+            alone[name] = []
+            setups[name] = (ways, inputs, ends, runner)
         for _ in range(args.rounds):
-            for name, (p, inputs, runs) in setups.items():
-                for what, run in runs.items():
-                    one, many = model_only(p, inputs[1]), model_only(p, inputs[args.batch])
-                    measures[(name, what)].append((one, many, run()))
-        for (name, what), rounds in measures.items():
+            for name, (ways, inputs, ends, _) in setups.items():
+                alone[name].append({(n, b): model_only(way, n, inputs[b]) for (n, b), way in ways.items()})
+                for what, run in ends.items():
+                    measures[(name, what)].append(run())
+        threads = {name: _threads(runner) for name, (*_, runner) in setups.items()}
+        for name, rounds in alone.items():
+            for key in rounds[0]:
+                n, b = key
+                fps = statistics.median(r[key] for r in rounds)
+                modes.add(**{"model": name, "runs at once": n, "batch": b, "frames/s": fps},
+                          **{"threads a run": torch.get_num_threads() if n == 1 else threads[name]})  # fmt: skip
+        for (name, what), ends_fps in measures.items():
+            rounds = alone[name]
+            best = max(rounds[0], key=lambda k: statistics.median(r[k] for r in rounds))
             throughput.add(
                 model=name,
                 input=what,
                 **{
-                    "model only, batch 1": statistics.median(r[0] for r in rounds),
-                    f"model only, batch {args.batch}": statistics.median(r[1] for r in rounds),
-                    "end to end": statistics.median(r[2] for r in rounds),
-                    "of batch 1": statistics.median(r[2] / r[0] for r in rounds),
-                    f"of batch {args.batch}": statistics.median(r[2] / r[1] for r in rounds),
+                    "model only, 1 run, batch 1": statistics.median(r[(1, 1)] for r in rounds),
+                    "model only, best": statistics.median(r[best] for r in rounds),
+                    "best as": f"{best[0]} run{'s' if best[0] > 1 else ''}, batch {best[1]}",
+                    "end to end": statistics.median(ends_fps),
+                    "of 1 run, batch 1": statistics.median(
+                        e / r[(1, 1)] for e, r in zip(ends_fps, rounds, strict=True)
+                    ),
+                    "of best": statistics.median(e / r[best] for e, r in zip(ends_fps, rounds, strict=True)),
                 },
             )
         stage_times: dict[str, dict[str, list[float]]] = {}
@@ -286,12 +326,19 @@ def main(argv: list[str] | None = None) -> int:
         f"frames/s; {len(files)} frames of {size[0]}x{size[1]} from {Path(args.frames).name}/, end to end at batch "
         f"{args.batch}, passes: {passes}"
         f"; video: an MPEG-4 part 2 clip of them at 30 frames/s in, H.264 ({args.preset}) overlay out; folder: "
-        f"label PNG + overlay JPEG per frame; model only: the forward passes over preprocessed frames (what fcnkit "
-        f"benchmark --fast times at batch 1); {args.rounds} interleaved rounds, medians, ratios the median of "
-        f"per-round ratios; {device_name(torch.device('cpu'))}, {platform.machine()}, {torch.get_num_threads()} "
-        f"threads, torch {torch.__version__}"
+        f"label PNG + overlay JPEG per frame; model only: the model's passes from preprocessed frames to labels, "
+        f"1 run on all cores at batch 1 (what fcnkit benchmark --fast times), and the fastest of 1 run or several "
+        f"at once (Predictor.concurrent, as the pipelines run it) at batch 1 or {args.batch}; {args.rounds} "
+        f"interleaved rounds, medians, ratios the median of per-round ratios; {device_name(torch.device('cpu'))}, "
+        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     throughput.protocol = protocol
+    modes.protocol = (
+        f"frames/s of the model alone (preprocessed frames to labels) run one way or another: one run on all "
+        f"cores, or several runs at once from as many threads (Predictor.concurrent); {len(files)} frames of "
+        f"{size[0]}x{size[1]}; {args.rounds} interleaved rounds, medians; {device_name(torch.device('cpu'))}, "
+        f"{torch.get_num_threads()} threads"
+    )
     stages.protocol = (
         f"ms per frame (median), one frame at a time, no threads (codecs single-threaded), through the functions "
         f"the pipelines use; "
@@ -301,8 +348,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     throughput.finish(args.json)
     print()
+    modes.finish(args.modes_json)
+    print()
     stages.finish(args.stages_json)
     return 0
+
+
+def _threads(predictor: Predictor) -> int | str:
+    """The intra-op threads of a predictor's ONNX Runtime session, as set when it was opened."""
+    model = getattr(predictor.model, "model", predictor.model)
+    session = getattr(model, "session", None)
+    if session is None:
+        return "?"
+    value = session.get_session_options().intra_op_num_threads
+    return value or "runtime's choice"
 
 
 def _timed_frames(run: Callable[[], object]) -> float:

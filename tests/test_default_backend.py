@@ -51,3 +51,63 @@ def test_default_backend_is_onnx_runtime_and_predicts_pytorchs_labels(tmp_path, 
     err = capsys.readouterr().err
     assert "backend: onnxruntime" in err and "cached export found" in err, err
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "frame.png")), labels.numpy())
+
+
+def test_concurrent_runs_on_onnx_runtime_give_the_same_files(tmp_path, monkeypatch):
+    """On ONNX Runtime, streams of images run several one-thread sessions' runs at once (Predictor.concurrent): the
+    copy opens the same file single-threaded, its labels are the original's, and predict_files writes the same
+    label PNGs and overlays as with one run at a time."""
+    from fcnkit.inference import predict_files
+    from fcnkit.inference.video import predict_video
+
+    monkeypatch.delenv("FCNKIT_BACKEND")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = randomize_(fcnkit.create_model("fcn8s_timm", backbone="test_resnet", num_classes=3), seed=4).eval()
+        ckpt = fcnkit.save_checkpoint(tmp_path / "model.pth", model)
+        rng = np.random.default_rng(1)
+        frames = tmp_path / "frames"
+        frames.mkdir()
+        for i in range(7):
+            Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(frames / f"f{i}.png")
+        predictor = fcnkit.Predictor(ckpt)
+        runner, runs = predictor.concurrent()
+        assert runs == 2 and runner is not predictor and runner.model is not predictor.model
+        assert runner.model.model.session.get_session_options().intra_op_num_threads == 1
+        assert predictor.concurrent()[0].model is runner.model  # opened once
+        rgb = torch.from_numpy(rng.integers(0, 256, (3, 3, 40, 52), dtype=np.uint8))
+        assert torch.equal(runner.predict_labels(rgb), predictor.predict_labels(rgb))
+
+        paths = sorted(frames.iterdir())
+        predict_files(predictor, paths, tmp_path / "concurrent", show_progress=False)
+        clip = _clip(paths, tmp_path / "clip.mp4")
+        predict_video(predictor, clip, tmp_path / "concurrent", labels=True, show_progress=False)
+        monkeypatch.setattr(fcnkit.Predictor, "concurrent", lambda self: (self, 1))
+        predict_files(predictor, paths, tmp_path / "one", show_progress=False)
+        predict_video(predictor, clip, tmp_path / "one", labels=True, show_progress=False)
+        names = [n for p in paths for n in (p.name, f"{p.stem}_overlay.jpg")]
+        names += [f"clip.mp4_labels/{f.name}" for f in sorted((tmp_path / "one" / "clip.mp4_labels").iterdir())]
+        assert len(names) == 21
+        for name in names:
+            one, many = (np.asarray(Image.open(tmp_path / d / name)) for d in ("one", "concurrent"))
+            assert np.array_equal(one, many), name
+
+        torch.set_num_threads(1)  # one core: nothing to run at once
+        assert fcnkit.Predictor(ckpt).concurrent()[1] == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _clip(frames, path):
+    """The frames as an MPEG-4 clip (for the video path)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.height, stream.width = np.asarray(Image.open(frames[0])).shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.asarray(Image.open(f)), format="rgb24")))
+        out.mux(stream.encode())
+    return path

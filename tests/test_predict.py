@@ -132,3 +132,50 @@ def test_folder_prediction_batches_same_size_neighbours_and_keeps_the_order(tmp_
         with torch.no_grad():
             expected = model(model.preprocessing(rgb[None]))["out"].argmax(1)[0].numpy()
         assert np.array_equal(np.array(Image.open(tmp_path / "out" / f"im{i}.png")), expected)
+
+
+def test_in_order_hands_results_back_in_order_with_a_bound_on_work_in_flight():
+    import threading
+    import time
+
+    import pytest
+
+    from fcnkit.inference.predictor import InOrder
+
+    running, most, lock = [0], [0], threading.Lock()
+
+    def job(i: int, seconds: float):
+        def work():
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(seconds)
+            with lock:
+                running[0] -= 1
+            return i * i
+
+        return work
+
+    got = []
+    with InOrder(3) as pool:
+        for i in range(12):  # later jobs finish first: the order must come from the queue, not from completion
+            got += pool.submit(i, job(i, 0.02 * ((12 - i) % 4)))
+            assert len(pool.pending) <= 3
+        got += list(pool.drain())
+    assert got == [(i, i * i) for i in range(12)] and most[0] == 3
+
+    caller = threading.get_ident()
+    with InOrder(1) as pool:  # one run: the work runs at once, in the caller's thread
+        assert pool.submit("a", lambda: threading.get_ident()) == [("a", caller)]
+
+    def fail():
+        raise ValueError("job failed")
+
+    slow = job(0, 0.2)
+    with pytest.raises(ValueError, match="job failed"), InOrder(2) as pool:
+        pool.submit("bad", fail)
+        pool.submit("slow", slow)
+        time.sleep(0.05)
+        assert running[0] == 1
+        list(pool.drain())  # the first job's error, while the second still runs
+    assert running[0] == 0  # leaving waited for the job still running

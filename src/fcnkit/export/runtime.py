@@ -148,6 +148,8 @@ class OnnxRuntimeModel(CardAttributes, nn.Module):
             session = ort.InferenceSession(
                 os.fspath(self.path), options, providers=list(providers or ["CPUExecutionProvider"])
             )
+        # what with_threads needs to open the same file again
+        self._options = {"graph_optimization": graph_optimization, "providers": providers, "spinning": spinning}
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
@@ -179,6 +181,19 @@ class OnnxRuntimeModel(CardAttributes, nn.Module):
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         (labels,) = self.session.run([self.labels_name], {self.input_name: array})
         return torch.from_numpy(labels).to(x.device)
+
+    def with_threads(self, threads: int) -> OnnxRuntimeModel | None:
+        """The same file in a new session whose operators run on ``threads`` threads, with the same card and
+        options; several threads may run it at once (ONNX Runtime sessions allow concurrent runs), each batch on
+        its own cores. ``None`` when this model was made from a session instead of a file, or runs on a provider
+        other than the CPU's."""
+        if self.path is None or self.session.get_providers() != ["CPUExecutionProvider"]:
+            return None
+        clone = OnnxRuntimeModel(
+            self.path, intra_op_threads=threads, preprocessing=self.card.preprocessing, **self._options
+        )
+        clone.card = self.card
+        return clone
 
     def extra_repr(self) -> str:
         return f"{self.path or 'InferenceSession'}, providers={self.session.get_providers()}"

@@ -23,7 +23,7 @@ from ..data.io import read_image
 from ..errors import MissingFileError, OutputError
 from ..progress import Progress, ensure_handler, get_logger
 from ..visualize import LABEL_PNG_COMPRESSION, Blender, label_to_palette_png
-from .predictor import Predictor
+from .predictor import InOrder, Predictor
 
 __all__ = ["IMAGE_SUFFIXES", "PredictionReport", "check_outputs", "expand_inputs", "output_names", "predict_files"]
 
@@ -182,25 +182,38 @@ def predict_files(
         min_interval=10.0,
         enabled=show_progress,
     )
-    with progress, ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcnkit-io") as io:
+    runner, runs = predictor.concurrent()
+    in_flight = (runs + 1) * predictor.batch_size + 2  # images decoded ahead, and written behind, at most
+    with (
+        progress,
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcnkit-io") as io,
+        InOrder(runs) as model,
+    ):
         # Throughput: the next images are decoded, and the finished ones written, in threads while the model
-        # runs (PIL and zlib release the GIL), and consecutive images of one size share a batch of
-        # predictor.batch_size. Outputs and log lines keep the input order.
+        # runs (FFmpeg, PIL and zlib release the GIL); consecutive images of one size share a batch of
+        # predictor.batch_size, and `runs` batches run at once (Predictor.concurrent). Outputs and log lines keep
+        # the input order.
         writes: deque[Future] = deque()
         batch: list[tuple[Path, Tensor]] = []
 
+        def segment(stacked: Tensor) -> list:
+            if probs:
+                return [(p.label, p.probs) for p in runner.predict_tensor(stacked, probs=True)]
+            # uint8 labels straight from the model's output, no int64 copy
+            return [(label, None) for label in runner.predict_labels(stacked).cpu()]
+
+        def write(done: list[tuple[list[tuple[Path, Tensor]], list]]) -> None:
+            for images, results in done:
+                for (path, rgb), (label, soft) in zip(images, results, strict=True):
+                    args = (out / names[path], path, rgb, label, soft, palette, blender)
+                    writes.append(io.submit(_write, *args))
+            while writes and (writes[0].done() or len(writes) > in_flight):
+                finish(writes.popleft().result())
+
         def flush() -> None:
             stacked = torch.stack([rgb for _, rgb in batch])
-            if probs:
-                results = [(p.label, p.probs) for p in predictor.predict_tensor(stacked, probs=True)]
-            else:  # uint8 labels straight from the model's output, no int64 copy
-                results = [(label, None) for label in predictor.predict_labels(stacked).cpu()]
-            for (path, rgb), (label, soft) in zip(batch, results, strict=True):
-                args = (out / names[path], path, rgb, label, soft, palette, blender)
-                writes.append(io.submit(_write, *args))
+            write(model.submit(list(batch), lambda: segment(stacked)))
             batch.clear()
-            while writes and (writes[0].done() or len(writes) > 2 * predictor.batch_size + 2):
-                finish(writes.popleft().result())
 
         def finish(written: tuple[Path, Path]) -> None:
             path, label_png = written
@@ -210,7 +223,7 @@ def predict_files(
                     log(f"{path} -> {label_png}")
             progress.update(values={"skipped": len(report.skipped)} if report.skipped else None)
 
-        for path, rgb, error in _decoded(io, paths, lookahead=2 * predictor.batch_size + 2):
+        for path, rgb, error in _decoded(io, paths, lookahead=in_flight):
             if error is not None:  # one unreadable file must not cost the others
                 report.skipped.append((path, error))
                 progress.write(f"skipped {path}: {error}", file=sys.stderr)
@@ -221,6 +234,7 @@ def predict_files(
             batch.append((path, rgb))
         if batch:
             flush()
+        write(list(model.drain()))
         while writes:
             finish(writes.popleft().result())
     return report

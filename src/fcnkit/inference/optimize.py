@@ -206,6 +206,16 @@ class OptimizedModel(CardAttributes, nn.Module):
         inside = getattr(self.model, "labels", None)
         return inside(x) if callable(inside) else None
 
+    def with_threads(self, threads: int) -> OptimizedModel | None:
+        """This model on a runtime whose operators run on ``threads`` threads, to be run from several threads at
+        once (see :meth:`fcnkit.export.OnnxRuntimeModel.with_threads`); ``None`` when the runtime has no such
+        copy (PyTorch, OpenVINO)."""
+        copy = getattr(self.model, "with_threads", None)
+        inner = copy(threads) if callable(copy) else None
+        if inner is None:
+            return None
+        return OptimizedModel(inner, self, self.channels_last, self.amp_dtype, self.report)
+
 
 def optimize_for_inference(
     model: nn.Module,

@@ -31,7 +31,7 @@ from ..progress import Progress, ensure_handler, get_logger
 from ..utils import require
 from ..visualize import LABEL_PNG_COMPRESSION, Blender, YuvBlender, label_to_palette_png
 from .files import MARK, output_names, png_mark, written_by_fcnkit
-from .predictor import Predictor
+from .predictor import InOrder, Predictor
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -369,9 +369,9 @@ def predict_video(
 ) -> VideoReport:
     """Segment every frame of ``source`` into ``out/<stem>_overlay.mp4`` (and with ``labels`` the label PNGs).
 
-    Three stages overlap: decoding (a thread, FFmpeg's own threads inside), the model (this thread, batches of
-    ``predictor.batch_size``), and blending plus encoding (a thread); bounded queues between them keep memory
-    flat. ``live`` (default: a device or stream URL) drops the frames the model cannot keep up with instead of
+    Three stages overlap: decoding (a thread, FFmpeg's own threads inside), the model (batches of
+    ``predictor.batch_size``, several at once where :meth:`~fcnkit.inference.Predictor.concurrent` says so), and
+    blending plus encoding (a thread); bounded queues between them keep memory flat. ``live`` (default: a device or stream URL) drops the frames the model cannot keep up with instead of
     falling behind, and the report says how many. ``name`` replaces ``<stem>`` (:func:`video_names` gives each of
     several sources its own). ``max_frames`` stops early (a webcam or stream otherwise runs until it ends).
     ``preset`` is x264's speed preset. A file FFmpeg cannot read, or a frame it cannot decode, is a
@@ -411,20 +411,30 @@ def predict_video(
     capacity = QUEUE_BATCHES * predictor.batch_size
     reader = FrameReader(container, stream, capacity, live, max_frames, yuv=isinstance(blender, YuvBlender)).start()
     frames = FrameWriter(av, writer, encoder, blender, palette, label_dir, capacity)
+    runner, runs = predictor.concurrent()
     count, start = 0, time.perf_counter()
+
+    def segment(batch: list) -> np.ndarray:
+        # planar (B, 3, H, W): the float passes of preprocessing run several times faster on it
+        rgb = torch.from_numpy(np.stack([f[0] for f in batch])).permute(0, 3, 1, 2).contiguous()
+        return runner.predict_labels(rgb).cpu().numpy()
+
+    def write(done: list[tuple[list, np.ndarray]]) -> None:
+        nonlocal count
+        for batch, labels_out in done:
+            for frame, label in zip(batch, labels_out, strict=True):
+                frames.put(frame, label)
+            count += len(batch)
+            values = {"frames/s": count / max(time.perf_counter() - start, 1e-9)}
+            if reader.dropped:
+                values["dropped"] = reader.dropped
+            progress.update(len(batch), values=values)
+
     try:
-        with progress:
+        with progress, InOrder(runs) as model:  # `runs` batches in the model at once (Predictor.concurrent)
             for batch in reader.batches(predictor.batch_size):
-                # planar (B, 3, H, W): the float passes of preprocessing run several times faster on it
-                rgb = torch.from_numpy(np.stack([f[0] for f in batch])).permute(0, 3, 1, 2).contiguous()
-                labels_out = predictor.predict_labels(rgb).cpu().numpy()
-                for frame, label in zip(batch, labels_out, strict=True):
-                    frames.put(frame, label)
-                count += len(batch)
-                values = {"frames/s": count / max(time.perf_counter() - start, 1e-9)}
-                if reader.dropped:
-                    values["dropped"] = reader.dropped
-                progress.update(len(batch), values=values)
+                write(model.submit(batch, lambda batch=batch: segment(batch)))
+            write(list(model.drain()))
             frames.finish()
     except av.FFmpegError as e:
         raise DataError(f"{source}: FFmpeg could not decode frame {count} ({e})") from e
