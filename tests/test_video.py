@@ -168,7 +168,7 @@ def test_stream_speed_benchmark_measures_both_pipelines(tmp_path):
         assert r["end to end"] > 0
         # one round: the best is the fastest way, and each ratio is the end-to-end figure over a model-only one
         assert r["model only, 1 run, batch 1"] == fps[(1, 1)] and r["model only, best"] == max(fps.values())
-        assert r["best as"] == "1 run, batch {}".format(max(fps, key=fps.get)[1])
+        assert r["best as"] == f"1 run, batch {max(fps, key=fps.get)[1]}"
         assert r["of 1 run, batch 1"] == pytest.approx(r["end to end"] / fps[(1, 1)])
         assert r["of best"] == pytest.approx(r["end to end"] / max(fps.values()))
     stages = {r["stage"]: r for r in json.loads((tmp_path / "s.json").read_text())["rows"]}
