@@ -204,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", required=True, help="a folder of video frames (images of one size)")
     parser.add_argument("--count", type=int, default=120, help="frames to use (default 120, 4 s at 30 frames/s)")
     parser.add_argument(
-        "--batch", type=int, default=4, help="the predictor's batch size (default 4, as fcnkit predict)"
+        "--batch", type=int, help="the pipelines' batch size (default: fcnkit predict's, 1 with several runs at once)"
+    )
+    parser.add_argument(
+        "--model-batches", type=int, nargs="+", default=[1, 4], help="model only: these batch sizes (default 1 4)"
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--preset", default="ultrafast", help="x264 preset of the overlay video")
@@ -219,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     files = expand_inputs([args.frames])[: args.count]
     inference = InferenceConfig() if args.tta == "none" else None
     models = {"fp32": args.model, **({"int8": args.int8} if args.int8 else {})}
-    predictors = {name: Predictor(spec, inference=inference, batch_size=args.batch) for name, spec in models.items()}
+    predictors = {name: Predictor(spec, inference=inference) for name, spec in models.items()}
+    for p in predictors.values():  # as fcnkit predict picks it, unless given
+        p.batch_size = args.batch or (1 if p.concurrent()[1] > 1 else 4)
     for name, p in predictors.items():
         print(f"{name}: {describe_backend(p.model)}; passes: {p.inference}", file=sys.stderr)
     throughput = ResultsTable(
@@ -254,12 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         setups = {}
         for name, p in predictors.items():
             runner, runs = p.concurrent()
-            ways = {(1, b): p for b in dict.fromkeys((1, args.batch))} | {
-                (runs, b): runner for b in dict.fromkeys((1, args.batch)) if runs > 1
-            }
+            sizes = dict.fromkeys(args.model_batches)
+            ways = {(1, b): p for b in sizes} | {(runs, b): runner for b in sizes if runs > 1}
             inputs = {
-                b: [p.model.preprocessing(torch.stack(rgb[i : i + b])) for i in range(0, len(rgb), b)]
-                for b in dict.fromkeys((1, args.batch))
+                b: [p.model.preprocessing(torch.stack(rgb[i : i + b])) for i in range(0, len(rgb), b)] for b in sizes
             }
             ends: dict[str, Callable[[], float]] = {
                 "video": lambda p=p, name=name: _timed_frames(
@@ -324,11 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     passes = "one whole-image pass" if args.tta == "none" else "the recipe's"
     protocol = (
         f"frames/s; {len(files)} frames of {size[0]}x{size[1]} from {Path(args.frames).name}/, end to end at batch "
-        f"{args.batch}, passes: {passes}"
+        f"{', '.join(sorted({str(p.batch_size) for p in predictors.values()}))}"
+        f"{'' if args.batch else ' (as fcnkit predict picks it)'}, passes: {passes}"
         f"; video: an MPEG-4 part 2 clip of them at 30 frames/s in, H.264 ({args.preset}) overlay out; folder: "
         f"label PNG + overlay JPEG per frame; model only: the model's passes from preprocessed frames to labels, "
         f"1 run on all cores at batch 1 (what fcnkit benchmark --fast times), and the fastest of 1 run or several "
-        f"at once (Predictor.concurrent, as the pipelines run it) at batch 1 or {args.batch}; {args.rounds} "
+        f"at once (Predictor.concurrent, as the pipelines run it) at batch {' or '.join(map(str, args.model_batches))}; {args.rounds} "
         f"interleaved rounds, medians, ratios the median of per-round ratios; {device_name(torch.device('cpu'))}, "
         f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )

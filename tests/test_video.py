@@ -154,7 +154,7 @@ def test_stream_speed_benchmark_measures_both_pipelines(tmp_path):
     spec = importlib.util.spec_from_file_location("stream_speed", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    argv = ["--model", str(ckpt), "--frames", str(frames), "--rounds", "1", "--batch", "2",
+    argv = ["--model", str(ckpt), "--frames", str(frames), "--rounds", "1", "--batch", "2", "--model-batches", "1", "2",
             "--json", str(tmp_path / "t.json"), "--stages-json", str(tmp_path / "s.json"),
             "--modes-json", str(tmp_path / "m.json")]  # fmt: skip
     assert script.main(argv) == 0

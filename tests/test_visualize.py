@@ -130,6 +130,11 @@ def test_blender_gives_the_bytes_of_the_float_blend() -> None:
     chw = torch.from_numpy(image).permute(2, 0, 1).contiguous()
     blender = vis.Blender(palette, 0.5)
     assert np.array_equal(blender(chw.permute(1, 2, 0).numpy(), label.astype(np.int64)), blender(image, label))
+    # as a PIL image: planes merged by PIL for the planar view, interleaved pixels as they are: the same picture
+    for frame in (chw.permute(1, 2, 0).numpy(), image):
+        picture = blender.picture(frame, label)
+        assert picture.mode == "RGB" and picture.size == (53, 37)
+        assert np.array_equal(np.asarray(picture), np.asarray(vis.overlay(image, label, palette, alpha=0.5)))
     # by hand: pixel 100 under colour (200, 0, 255) at alpha 0.5 -> 150, 50, 177.5 rounds to even 178
     one = vis.Blender([(200, 0, 255)], 0.5)(np.full((1, 1, 3), 100, np.uint8), np.zeros((1, 1), np.uint8))
     assert one[0, 0].tolist() == [150, 50, 178]

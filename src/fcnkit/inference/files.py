@@ -211,7 +211,7 @@ def predict_files(
                 finish(writes.popleft().result())
 
         def flush() -> None:
-            stacked = torch.stack([rgb for _, rgb in batch])
+            stacked = batch[0][1][None] if len(batch) == 1 else torch.stack([rgb for _, rgb in batch])
             write(model.submit(list(batch), lambda: segment(stacked)))
             batch.clear()
 
@@ -272,7 +272,7 @@ def _write(
     label_png = base.with_name(base.name + ".png")
     label_to_palette_png(label, palette).save(label_png, pnginfo=png_mark(), compress_level=LABEL_PNG_COMPRESSION)
     if blender is not None:
-        picture = Image.fromarray(blender(rgb.permute(1, 2, 0).numpy(), label))
+        picture = blender.picture(rgb.permute(1, 2, 0).numpy(), label)
         picture.save(base.with_name(base.name + "_overlay.jpg"), quality=92, comment=MARK)
     if probs is not None:
         np.save(base.with_name(base.name + "_probs.npy"), probs.numpy().astype(np.float16))
