@@ -161,12 +161,12 @@ def folder_stages(predictor: Predictor, files: list[Path], blender: Blender, out
         t1 = time.perf_counter()
         label = _segment(predictor, rgb[None], times, t1)
         t4 = time.perf_counter()
-        blended = blender(rgb.permute(1, 2, 0).numpy(), label)
+        picture = blender.picture(rgb.permute(1, 2, 0).numpy(), label)
         t5 = time.perf_counter()
         label_to_palette_png(label, palette).save(
             out / f"{i}.png", pnginfo=png_mark(), compress_level=LABEL_PNG_COMPRESSION
         )
-        Image.fromarray(blended).save(out / f"{i}_overlay.jpg", quality=92)
+        picture.save(out / f"{i}_overlay.jpg", quality=92)
         t6 = time.perf_counter()
         times["read / decode"].append(t1 - t0)
         times["blend"].append(t5 - t4)

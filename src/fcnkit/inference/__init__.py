@@ -12,11 +12,12 @@ from .optimize import (
     optimized_or_plain,
     resolve_backend,
 )
-from .predictor import Prediction, Predictor, to_rgb_tensor
+from .predictor import InOrder, Prediction, Predictor, to_rgb_tensor
 from .tta import describe_inference, infer_logits, is_plain, sliding_window_logits
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "InOrder",
     "OptimizedModel",
     "Prediction",
     "PredictionReport",
