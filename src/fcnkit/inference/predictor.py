@@ -135,7 +135,9 @@ class Predictor:
         limited): each batch then keeps its own cores, with no hand-over between cores inside every operator. On 2
         cores that gives 20-27 % more frames/s than one run on both cores, and files and video frames decoded and
         written beside the model disturb it less (``benchmarks/stream_speed.py``). One image still goes fastest
-        through this predictor, on all cores. Other runtimes, and a single core: this predictor and 1.
+        through this predictor, on all cores. The copy is a second session of the same file, opened at the first
+        call and kept (the weights are then in memory twice). Other runtimes, and a single core: this predictor
+        and 1.
         """
         cores = torch.get_num_threads()
         runs = min(cores, MAX_RUNS)
