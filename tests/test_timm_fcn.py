@@ -145,3 +145,45 @@ def test_image_standardisation_adds_no_state_dict_key_and_checks_its_name():
     assert plain.input_norm is None
     with pytest.raises(ConfigError, match=r"input_norm must be one of \[None, 'image'\], got 'instance'"):
         fcnkit.create_model("fcn8s_timm", backbone="regnetx_002", input_norm="instance")
+
+
+@torch.no_grad()
+def test_skip_heads_on_a_backbone_without_padding_take_every_size():
+    """ConvNeXt's 4x4 stride-4 stem gives floor(H / stride) maps, so the last upsampled map used to end before the
+    crop when H mod stride > stride / 2 (fcn8s failed at H = 45: 6 x 8 = 48 < 4 + 45). The builder finds such
+    backbones by a probe, and their upsamplers repeat the last row and column first. Every residue of H and W
+    modulo 32 now gives an (H, W) output; the bilinear resize gives the same values as without the extra row on
+    the pixels it had; backbones with padding (ResNet) are left as they were."""
+    from fcnkit.models.timm_fcn import floors
+
+    sizes = [(32 + r, 64 + (r * 7) % 32) for r in range(32)]
+    for head in ("fcn32s", "fcn16s", "fcn8s", "fcn4s"):
+        for fuse in ("sum", "mix") if head != "fcn32s" else ("sum",):
+            model = fcnkit.create_model(f"{head}_timm", backbone="test_convnext", num_classes=3, fuse=fuse)
+            assert model.training  # the probe left the mode as it was
+            assert model.classifier.floored_maps and floors(model.backbone)
+            model.eval()
+            for h, w in sizes:
+                assert model(torch.randn(1, 3, h, w))["out"].shape == (1, 3, h, w), (head, fuse, h, w)
+    resnet = fcnkit.create_model("fcn8s_timm", backbone="test_resnet", num_classes=3)
+    assert not resnet.classifier.floored_maps and not floors(resnet.backbone)
+
+    torch.manual_seed(0)
+    model = fcnkit.create_model("fcn8s_timm", backbone="test_convnext", num_classes=3, upsample="bilinear").eval()
+    for score in ("score_fr", "score_pool4", "score_pool3"):  # the score layers start at zero: give them values
+        torch.nn.init.normal_(getattr(model.classifier, score).weight)
+    x = torch.randn(1, 3, 43, 58)  # 43 mod 8 = 3, 58 mod 8 = 2: the old geometry reached its crop here
+    new = model(x)["out"]
+    model.classifier.floored_maps = False
+    assert torch.allclose(model(x)["out"], new, atol=1e-6)
+    deconv = fcnkit.create_model("fcn8s_timm", backbone="test_convnext", num_classes=3).eval()
+    deconv.load_state_dict(model.state_dict(), strict=False)
+    for score in ("score_fr", "score_pool4", "score_pool3"):
+        getattr(deconv.classifier, score).load_state_dict(getattr(model.classifier, score).state_dict())
+    new = deconv(x)["out"]
+    deconv.classifier.floored_maps = False
+    old = deconv(x)["out"]
+    # the fixed bilinear deconvolution: the same away from the last stride of rows and columns, which it now
+    # covers fully instead of fading them out
+    assert torch.allclose(old[..., :35, :50], new[..., :35, :50], atol=1e-5)
+    assert not torch.allclose(old, new, atol=1e-5)

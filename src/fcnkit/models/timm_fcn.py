@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
+from torch import nn
+
 from ..errors import CheckpointError, ConfigError
 from .backbones.timm import TimmBackbone
 from .heads.fcn import FCNHead, SkipFCNHead
@@ -64,6 +67,7 @@ def timm_fcn(
             learn_upsample=learn_upsample,
             fuse=fuse,
         )
+        classifier.floored_maps = floors(body)
         aux_classifier = None
     model = Segmenter(body, classifier, aux_classifier, num_classes=num_classes, input_norm=standardise)
     if backbone_weights is not None:
@@ -73,6 +77,26 @@ def timm_fcn(
             raise CheckpointError(f"{backbone_weights} lacks backbone keys: {result.missing_keys[:8]}")
         set_metadata(model, resolved.preprocessing)
     return model
+
+
+def floors(body: TimmBackbone) -> bool:
+    """Whether ``body``'s feature maps are ``floor(H / stride)`` pixels (convolutions without padding, as ConvNeXt's
+    4x4 stride-4 stem) rather than ``ceil``, found by one pass of a ``(2S - 1)``-pixel square (``S``: the largest
+    stride), in eval mode without gradients. A backbone that cannot run that size (a ViT with a fixed input size)
+    counts as not flooring."""
+    strides = [info.stride for info in body.feature_info]
+    side = 2 * max(strides) - 1
+    first = next((m for m in body.body.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = first.in_channels if first is not None else 3
+    training = body.training
+    try:
+        with torch.no_grad():
+            maps = list(body.eval()(torch.zeros(1, channels, side, side)).values())
+    except Exception:  # the probe is a courtesy; a model it cannot run keeps the head's usual geometry
+        return False
+    finally:
+        body.train(training)
+    return any(f.shape[-2] < -(-side // s) or f.shape[-1] < -(-side // s) for f, s in zip(maps, strides, strict=True))
 
 
 for _head in TIMM_HEADS:

@@ -185,6 +185,12 @@ class SkipFCNHead(nn.Module):
         strides = [int(s) for s in strides[: skips + 1]]
         factors = [strides[i] // strides[i + 1] for i in range(skips)] + [strides[skips]]
         self.crop_skips = offsets is not None
+        self.factors = factors
+        #: set by the builder for a backbone whose maps are ``floor(H / stride)`` (no padding, e.g. ConvNeXt's 4x4
+        #: stride-4 stem) rather than ``ceil``: an upsampled map may then end short of the grid it is cropped to
+        #: (by up to ``f / 2 - 1`` pixels when ``H mod f > f / 2``), so those upsamplers get one more input row and
+        #: column, the last one repeated (see :meth:`_upsample`)
+        self.floored_maps = False
         if offsets is None:
             offsets = [f // 2 for f in factors]
         if len(offsets) != skips + 1:
@@ -215,12 +221,21 @@ class SkipFCNHead(nn.Module):
         names = ["score_fr"] + [score for score, _ in _FUSE_NAMES[: self.skips]]
         return [getattr(self, n) for n in names]
 
+    def _upsample(self, name: str, step: int, x: Tensor) -> Tensor:
+        """Upsampler ``name`` of fusion step ``step`` (``skips`` for the last one) on ``x``. On floored maps, the
+        last step and any step of a factor above 2 (a factor-2 step always reaches its crop) first repeat the last
+        row and column: the bilinear resize gives the same values as before on the pixels it had, and the
+        fixed bilinear deconvolution now covers the last ones fully instead of fading them out."""
+        if self.floored_maps and (step == self.skips or self.factors[step] > 2):
+            x = F.pad(x, (0, 1, 0, 1), mode="replicate")
+        return getattr(self, name)(x)
+
     def forward(self, features: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
         if self.fuse == "mix":
             return self._forward_mixed(features, size)
         h = self.score_fr(features[self.in_keys[0]])
         for i, (score_name, up_name) in enumerate(_FUSE_NAMES[: self.skips]):
-            h = getattr(self, up_name)(h)
+            h = self._upsample(up_name, i, h)
             tap = features[self.in_keys[i + 1]]
             if self.skip_scales[i] != 1.0:
                 tap = tap * self.skip_scales[i]
@@ -229,24 +244,23 @@ class SkipFCNHead(nn.Module):
                 h = h + crop_like(score, self.offsets[i], h.shape[-2:])
             else:  # "same" padding: the upsampled map is cropped onto the finer grid
                 h = crop_like(h, self.offsets[i], score.shape[-2:]) + score
-        h = getattr(self, _FINAL_NAME[self.skips])(h)
+        h = self._upsample(_FINAL_NAME[self.skips], self.skips, h)
         return crop_like(h, self.offsets[-1], size)
 
     def _forward_mixed(self, features: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
         """``fuse="mix"``: each step carries every coarser path one grid finer, then ``mix`` combines them."""
         paths = [self.score_fr(features[self.in_keys[0]])]
         for i, (score_name, up_name) in enumerate(_FUSE_NAMES[: self.skips]):
-            up = getattr(self, up_name)
             tap = features[self.in_keys[i + 1]]
             if self.skip_scales[i] != 1.0:
                 tap = tap * self.skip_scales[i]
             score = getattr(self, score_name)(tap)
-            paths = [up(p) for p in paths]
+            paths = [self._upsample(up_name, i, p) for p in paths]
             if self.crop_skips:
                 score = crop_like(score, self.offsets[i], paths[0].shape[-2:])
             else:
                 paths = [crop_like(p, self.offsets[i], score.shape[-2:]) for p in paths]
             paths.append(score)
         h = self.mix(torch.cat(paths, dim=1))
-        h = getattr(self, _FINAL_NAME[self.skips])(h)
+        h = self._upsample(_FINAL_NAME[self.skips], self.skips, h)
         return crop_like(h, self.offsets[-1], size)
