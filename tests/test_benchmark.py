@@ -225,3 +225,59 @@ def test_results_table_prints_aligned_and_saves_its_figures_with_provenance(tmp_
     assert data["columns"]["vs eager"] == "{:.2f}x" and data["protocol"] == "3 rounds"
     assert data["command"] == "python b.py --x 1" and {"commit", "machine", "date"} <= set(data)
     assert list(tmp_path.iterdir()) == [tmp_path / "r.json"]  # no temporary file left
+
+
+class _Sleeper(nn.Module):
+    """A 'model' that takes ``seconds`` a forward and records how many forwards run at once; its ``with_threads``
+    (as ONNX Runtime models have) records the thread count asked for."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.seconds, self.running, self.most, self.asked = seconds, 0, 0, []
+        import threading
+
+        self.lock = threading.Lock()
+
+    def forward(self, x):
+        import time
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(self.seconds)
+        with self.lock:
+            self.running -= 1
+        return {"out": self.conv(x)}
+
+    def with_threads(self, threads: int):
+        self.asked.append(threads)
+        return self
+
+
+def test_several_runs_at_once_time_each_forward_and_count_images_over_the_wall_clock(capsys):
+    """runs=2: the prepared model's with_threads copy (threads // runs each) is called from two threads, two
+    forwards always in flight; latency is each forward's own time, images/s the images over the wall-clock time;
+    the table gets a runs column and the protocol says how it ran. A model that cannot run at once is refused."""
+    from fcnkit.apps.benchmark import format_table, num_threads
+    from fcnkit.errors import ConfigError
+
+    model = _Sleeper(0.03)
+    with num_threads(4):
+        (r,) = benchmark(model, sizes=[(8, 8)], batch_sizes=[3], warmup=2, repeats=8, runs=2, prepare=lambda m: m)
+    assert model.asked == [2] and model.most == 2 and r.runs == 2
+    assert r.median_ms == pytest.approx(30, abs=15)  # each forward still takes its 30 ms
+    # 8 forwards of 3 images, two at a time: about 4 x 30 ms of wall clock, so about twice one run's rate
+    assert r.images_per_s == pytest.approx(8 * 3 / 0.12, rel=0.35)
+    assert r.images_per_s > 1.4 * 3 / (r.median_ms / 1000)
+    assert r.protocol["runs"] == 2 and r.protocol["threads_per_run"] == 2
+    table = format_table([r])
+    assert table.splitlines()[0].split()[:4] == ["model", "input", "HxW", "batch"] and " runs " in table
+    assert "2 batches at once from as many threads, 2 thread(s) each" in table
+    (one,) = benchmark(_conv(), sizes=[(8, 8)], warmup=0, repeats=2)
+    assert one.runs == 1 and " runs " not in format_table([one])
+
+    with pytest.raises(ConfigError, match="runs=2 needs a model that runs several batches at once"):
+        benchmark(_conv(), sizes=[(8, 8)], warmup=0, repeats=1, runs=2)
+    with pytest.raises(ConfigError, match="runs must be at least 1"):
+        benchmark(_conv(), sizes=[(8, 8)], runs=0)

@@ -93,6 +93,12 @@ def test_concurrent_runs_on_onnx_runtime_give_the_same_files(tmp_path, monkeypat
             one, many = (np.asarray(Image.open(tmp_path / d / name)) for d in ("one", "concurrent"))
             assert np.array_equal(one, many), name
 
+        # fcnkit benchmark --runs 2 times the same one-thread copy, two batches in flight
+        from fcnkit.apps.benchmark import benchmark
+
+        (timed,) = benchmark(model, sizes=[(40, 52)], warmup=1, repeats=4, runs=2, prepare=lambda m: predictor.model)
+        assert timed.runs == 2 and timed.protocol["threads_per_run"] == 1 and timed.images_per_s > 0
+
         torch.set_num_threads(1)  # one core: nothing to run at once
         assert fcnkit.Predictor(ckpt).concurrent()[1] == 1
     finally:

@@ -8,6 +8,10 @@ stated, so every result carries its ``protocol`` and the printed table ends with
   copy is timed). ``warmup`` untimed passes, then ``repeats`` timed ones; median and 90th percentile
   (linear interpolation, as ``numpy.percentile``). On CUDA, ``torch.cuda.synchronize()`` brackets every
   timed pass (FastFCN's own script does not synchronise, a known flaw).
+* **Several runs at once** (``runs > 1``, ONNX Runtime on the CPU): the prepared model's copy whose operators run
+  on ``threads // runs`` threads (:meth:`fcnkit.export.OnnxRuntimeModel.with_threads`) is called from ``runs``
+  threads, ``runs`` batches in flight all the time, as ``fcnkit predict`` runs a stream. Latency is still per
+  batch (under that load); images/s are the images of the timed passes over their wall-clock time.
 * **Dynamic mode** (torchfcn's speed test): every call alternates between ``(H, W)`` and its transpose
   ``(W, H)``, warm-up included, and the latency reported is that of the mixed sequence. This shows the cost of
   shape changes (cuDNN/oneDNN re-planning, recompilation of a compiled model).
@@ -60,6 +64,7 @@ __all__ = [
     "num_threads",
     "peak_memory",
     "sync",
+    "time_concurrent",
     "time_forwards",
     "time_interleaved",
     "timed",
@@ -93,7 +98,8 @@ class BenchResult:
     """One row: a model at one input size and batch size.
 
     ``size`` is ``(H, W)``; with ``dynamic`` the passes alternated between ``(H, W)`` and ``(W, H)``.
-    Latencies are per forward of the whole batch, in milliseconds. ``gflops`` is per forward (whole batch),
+    Latencies are per forward of the whole batch, in milliseconds; with ``runs`` batches at once, each forward's
+    own time under that load, and ``images_per_s`` the images over the wall-clock time. ``gflops`` is per forward (whole batch),
     ``None`` when it could not be counted; ``peak_memory_mb`` is in MiB (2**20 bytes).
     """
 
@@ -110,6 +116,7 @@ class BenchResult:
     gflops: float | None
     gflops_per_s: float | None
     peak_memory_mb: float | None
+    runs: int = 1
     protocol: dict[str, Any] = field(default_factory=dict)
     times_ms: list[float] = field(default_factory=list)
 
@@ -148,6 +155,7 @@ def benchmark(
     prepare: Callable[[nn.Module], Forward] | None = None,
     threads: int | None = None,
     timer: Callable[[], float] = time.perf_counter,
+    runs: int = 1,
 ) -> list[BenchResult]:
     """Time ``model_or_callable`` at every ``(H, W)`` in ``sizes`` and every batch size; see the module docstring.
 
@@ -167,6 +175,8 @@ def benchmark(
         threads: CPU threads (``torch.set_num_threads``) for the duration of the call; default unchanged.
         timer: seconds as a float; called exactly twice per timed pass (before and after), so tests can
             inject a fake clock.
+        runs: batches run at once, each from its own thread (ONNX Runtime on the CPU only, through ``prepare``'s
+            model's ``with_threads``: ``threads // runs`` threads a run); 1, the default, times one batch at a time.
 
     Returns:
         One ``BenchResult`` per (size, batch), sizes outermost.
@@ -177,6 +187,8 @@ def benchmark(
         raise ConfigError(f"sizes must be positive (H, W) pairs, got {sizes}")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ConfigError(f"batch sizes must be positive, got {batch_sizes}")
+    if runs < 1:
+        raise ConfigError(f"runs must be at least 1, got {runs}")
     if warmup < 0 or repeats < 1:
         raise ConfigError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
     device = torch.device(device)
@@ -194,17 +206,30 @@ def benchmark(
     with num_threads(threads):
         forward = prepare(model) if prepare is not None else model
         protocol = _protocol(device, dtype, warmup, repeats, dynamic, prepare, timer)
+        if runs > 1:
+            forward = _concurrent_copy(forward, runs)
+            protocol["runs"] = runs
+            protocol["threads_per_run"] = max(1, torch.get_num_threads() // runs)
         results = []
         for h, w in sizes:
             for batch in batch_sizes:
                 shapes = [(h, w), (w, h)] if dynamic else [(h, w)]
                 inputs = [torch.randn(batch, 3, *s, device=device, dtype=dtype) for s in shapes]
                 with torch.inference_mode():
-                    seconds = time_forwards(forward, inputs, device, warmup, repeats, timer)
+                    if runs > 1:
+                        seconds, wall = time_concurrent(forward, inputs, runs, warmup, repeats, timer)
+                    else:
+                        seconds = time_forwards(forward, inputs, device, warmup, repeats, timer)
                     flops = count_flops(model, inputs)
                     peaks = [peak_memory(forward, x, device) for x in inputs]
                     memory = None if None in peaks else max(peaks)
-                results.append(_result(name, (h, w), batch, dynamic, seconds, params, flops, memory, protocol))
+                result = _result(name, (h, w), batch, dynamic, seconds, params, flops, memory, protocol)
+                if runs > 1:
+                    result.runs = runs
+                    result.images_per_s = batch * repeats / wall if wall > 0 else math.inf
+                    if flops is not None and wall > 0:
+                        result.gflops_per_s = flops / 1e9 * repeats / wall
+                results.append(result)
                 del inputs
     return results
 
@@ -228,6 +253,38 @@ def time_forwards(
         timed(functools.partial(forward, inputs[i % len(inputs)]), device, timer)
         for i in range(warmup, warmup + repeats)
     ]
+
+
+def time_concurrent(
+    forward: Forward, inputs: list[Tensor], runs: int, warmup: int, repeats: int, timer: Callable
+) -> tuple[list[float], float]:
+    """``runs`` threads keep ``runs`` forwards in flight (CPU): the seconds of each timed forward, and the wall-clock
+    seconds from the first timed one's start to the last one's end. Forward ``i`` (warm-up included) gets
+    ``inputs[i % len(inputs)]``; the warm-up forwards run at once too, and finish before the timed ones start."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> tuple[float, float]:
+        start = timer()
+        forward(inputs[i % len(inputs)])
+        return start, timer()
+
+    with ThreadPoolExecutor(runs, thread_name_prefix="fcnkit-bench") as pool:
+        list(pool.map(one, range(warmup)))
+        spans = list(pool.map(one, range(warmup, warmup + repeats)))
+    return [end - start for start, end in spans], max(e for _, e in spans) - min(s for s, _ in spans)
+
+
+def _concurrent_copy(forward: Forward, runs: int) -> Forward:
+    """The copy of a prepared model that ``runs`` threads may call at once, each run on ``threads // runs``
+    threads (``with_threads``, which ONNX Runtime models have); a clear error for other models."""
+    copy = getattr(forward, "with_threads", None)
+    threaded = copy(max(1, torch.get_num_threads() // runs)) if callable(copy) else None
+    if threaded is None:
+        raise ConfigError(
+            f"runs={runs} needs a model that runs several batches at once: ONNX Runtime on the CPU (fcnkit "
+            f"benchmark --fast, or --backend onnxruntime); {type(forward).__name__} runs one at a time"
+        )
+    return threaded
 
 
 def time_interleaved(
@@ -534,6 +591,9 @@ def format_table(results: Sequence[BenchResult]) -> str:
         )
         for r in results
     ]  # fmt: skip
+    if any(r.runs > 1 for r in results):  # a column only where several batches ran at once
+        header = (*header[:3], "runs", *header[3:])
+        rows = [(*row[:3], str(r.runs), *row[3:]) for row, r in zip(rows, results, strict=True)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     line = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
     lines = [line.format(*header), "-" * (sum(widths) + 2 * (len(widths) - 1))]
@@ -563,10 +623,16 @@ def describe_protocol(protocol: dict[str, Any]) -> list[str]:
         f"protocol: eval + torch.inference_mode, random {p.get('dtype')} input preallocated on {p.get('device')}"
         f"{dynamic}{prepare}; {p.get('warmup')} warm-up + {p.get('repeats')} timed whole forwards (final resize "
         f"included) per row, timer {p.get('timer')}, sync: {p.get('sync')}{extra}; latency per batch, median "
-        f"and p90; images/s = batch / median",
+        f"and p90; "
+        + (
+            f"{p['runs']} batches at once from as many threads, {p.get('threads_per_run')} thread(s) each; latency per "
+            "batch under that load; images/s = images / wall-clock time of the timed forwards"
+            if p.get("runs", 1) > 1
+            else "images/s = batch / median"
+        ),
         f"device: {p.get('device')} ({p.get('device_name')}), {p.get('threads')} CPU threads; "
         f"torch {p.get('torch')}, fcnkit {p.get('fcnkit')}",
-        f"GFLOPs per forward: {_LONG.get(p.get('flops'), p.get('flops'))}; GFLOP/s = GFLOPs / median",
+        f"GFLOPs per forward: {_LONG.get(p.get('flops'), p.get('flops'))}; GFLOP/s = GFLOPs x forwards per second",
         f"peak MiB: {_LONG.get(p.get('memory'), p.get('memory'))}",
     ]
 

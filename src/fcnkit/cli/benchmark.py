@@ -43,6 +43,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             name=name,
             prepare=prepare,
             threads=args.threads,
+            runs=args.runs,
         )
         del model
     print(format_table(results))
@@ -77,6 +78,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed passes per size and batch (default 20)")
     p.add_argument("--dynamic", action="store_true", help="alternate HxW and WxH on every call (torchfcn)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="batches run at once, each from its own thread on threads / runs cores (ONNX Runtime, with --fast): "
+        "the throughput fcnkit predict gets on folders and videos (default 1: one batch at a time, on all threads)",
+    )
     p.add_argument("--num-classes", type=int, help="classes of models built by name (default 21)")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model and input dtype")
     p.add_argument(
