@@ -182,7 +182,8 @@ def predict_files(
         min_interval=10.0,
         enabled=show_progress,
     )
-    runner, runs = predictor.concurrent()
+    # several batches at once (Predictor.concurrent) where there are several; a single batch goes fastest alone
+    runner, runs = predictor.concurrent() if len(paths) > predictor.batch_size else (predictor, 1)
     in_flight = (runs + 1) * predictor.batch_size + 2  # images decoded ahead, and written behind, at most
     with (
         progress,
