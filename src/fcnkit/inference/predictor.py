@@ -133,7 +133,7 @@ class Predictor:
         With ONNX Runtime on the CPU that is the same model in a session whose operators run on ``cores // runs``
         threads, ``runs = min(cores, MAX_RUNS)`` (``cores``: ``torch.get_num_threads()``, the physical cores unless
         limited): each batch then keeps its own cores, with no hand-over between cores inside every operator. On 2
-        cores that gives 20-27 % more frames/s than one run on both cores, and files and video frames decoded and
+        cores that gives 20-30 % more frames/s than one run on both cores, and files and video frames decoded and
         written beside the model disturb it less (``benchmarks/stream_speed.py``). One image still goes fastest
         through this predictor, on all cores. The copy is a second session of the same file, opened at the first
         call and kept (the weights are then in memory twice). Other runtimes, and a single core: this predictor
