@@ -288,3 +288,70 @@ def test_work_is_dropped_between_windows_when_asked():
         service.segment(data, stop=stop)
     assert len(calls) == 4  # once before decoding, then before each window: the third window never ran
     assert service.segment(data).size == (300, 300) and service.served == 1
+
+
+def test_a_connection_that_does_not_finish_its_headers_in_time_is_closed(monkeypatch):
+    """fcnkit's h11 protocol gives a new connection HEADER_TIMEOUT seconds (10 in use, 0.5 here) for its request
+    headers: one that sends half a request line, or trickles a byte at a time, is closed at the deadline; one that
+    sends its headers in time is served and kept alive past it."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from fcnkit.apps import serve as served
+
+    monkeypatch.setattr(served, "HEADER_TIMEOUT", 0.5)
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, http=served._http_protocol(uvicorn), log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    try:
+        deadline = time.perf_counter() + 10
+        while not server.started and time.perf_counter() < deadline:
+            time.sleep(0.02)
+        assert server.started
+
+        def closed_after(s: socket.socket, trickle: bytes = b"") -> float:
+            start = time.perf_counter()
+            s.settimeout(0.1)
+            for byte in trickle:  # a byte every 0.1 s, past the deadline
+                try:
+                    if s.recv(1) == b"":
+                        return time.perf_counter() - start
+                except TimeoutError:
+                    pass
+                try:
+                    s.sendall(bytes([byte]))
+                except OSError:
+                    return time.perf_counter() - start
+            s.settimeout(5)
+            assert s.recv(1) == b""  # closed by the server, nothing answered
+            return time.perf_counter() - start
+
+        half = socket.create_connection(("127.0.0.1", port))
+        half.sendall(b"GET / HTTP/1.1\r\nHo")
+        assert 0.3 < closed_after(half) < 3
+        slow = socket.create_connection(("127.0.0.1", port))
+        assert 0.3 < closed_after(slow, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1234567890\r\n\r\n") < 3
+
+        good = socket.create_connection(("127.0.0.1", port), timeout=5)
+        request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        for _ in range(2):  # the second request goes on the same connection, after the deadline has passed
+            good.sendall(request)
+            assert _answer(good) == (200, b"ok")
+            time.sleep(0.8)
+        good.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
