@@ -175,3 +175,49 @@ def test_stream_speed_benchmark_measures_both_pipelines(tmp_path):
     for column in ("video fp32", "folder fp32"):
         assert stages["sum"][column] == pytest.approx(sum(stages[s][column] for s in script.STAGES))
     assert "folder fp32" not in stages["encode at veryfast"]
+
+
+def test_a_network_stream_is_live_and_drops_what_the_model_cannot_keep_up_with(tmp_path):
+    """An MPEG-TS stream over HTTP, sent in real time (30 frames a second, as a camera would) by a server in this
+    process: the URL alone makes it live, a slow model drops frames and counts them, every frame sent is either
+    segmented or counted as dropped, and the end of the connection ends the run normally, saying so."""
+    import http.server
+    import threading
+    import time
+
+    sent = 45
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            with av.open(self.wfile, "w", format="mpegts") as out:
+                stream = out.add_stream("mpeg4", rate=30)
+                stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+                for i in range(sent):
+                    image = np.full((48, 64, 3), 40, np.uint8)
+                    image[10:26, i : i + 16] = (20, 200, 40)
+                    out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+                    self.wfile.flush()
+                    time.sleep(1 / 30)
+                out.mux(stream.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/camera.ts"
+        predictor = fcnkit.Predictor(_Slow(_model(), 0.15), batch_size=1, optimize=False)
+        report = predict_video(predictor, url, tmp_path / "out", name="camera", show_progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.dropped > 0 and report.frames + report.dropped == sent
+    frames, _, _ = _decoded_frames(report.overlay)
+    assert len(frames) == report.frames and report.overlay.name == "camera_overlay.mp4"
+    # the server closing the connection reaches FFmpeg as an I/O error: for a live source that is where the stream
+    # ended, reported, with the frames before it kept
+    assert report.ended is not None and "Input/output error" in report.ended

@@ -60,6 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             f"wrote {video.overlay}: {video.frames} frames, {w}x{h}, {float(video.rate):.3g} frames/s "
             f"(segmented at {video.frames_per_second:.1f} frames/s)"
             + (f"; {video.dropped} frames dropped to keep up with the live source" if video.dropped else "")
+            + (f"; the stream ended ({video.ended})" if video.ended else "")
             + (f"; labels in {video.labels}" if video.labels else "")
         )
     if not images:

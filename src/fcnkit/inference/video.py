@@ -70,6 +70,9 @@ class VideoReport:
     labels: Path | None = None
     #: frames of a live source dropped because the model could not keep up (0 for files)
     dropped: int = 0
+    #: for a live source whose connection ended in an error after its first frame (a camera or stream that
+    #: stopped): FFmpeg's message; the frames up to there are segmented and written as usual
+    ended: str | None = None
 
     @property
     def frames_per_second(self) -> float:
@@ -195,6 +198,8 @@ class FrameReader:
         self.frames: queue.Queue = queue.Queue(maxsize=max(1, capacity))
         self.dropped = 0
         self.decoded = 0
+        #: FFmpeg's message when a live source's connection ended in an error after its first frame
+        self.ended: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fcnkit-decode", daemon=True)
 
@@ -212,26 +217,46 @@ class FrameReader:
                 continue
         return False
 
+    def _take(self, frame: Any) -> bool:
+        """Queue one decoded frame (from a live source, dropping the oldest waiting one when full); False when the
+        reader should stop."""
+        if self._stop.is_set() or (self.max_frames is not None and self.decoded >= self.max_frames):
+            return False
+        item = frame_arrays(frame, self.yuv)
+        self.decoded += 1
+        if not self.live:
+            return self._put(item)
+        while True:
+            try:
+                self.frames.put_nowait(item)
+                return True
+            except queue.Full:
+                try:
+                    self.frames.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
     def _run(self) -> None:
         try:
             for frame in self.container.decode(self.stream):
-                if self._stop.is_set() or (self.max_frames is not None and self.decoded >= self.max_frames):
+                if not self._take(frame):
                     break
-                item = frame_arrays(frame, self.yuv)
-                self.decoded += 1
-                if self.live:
-                    while True:
-                        try:
-                            self.frames.put_nowait(item)
-                            break
-                        except queue.Full:
-                            try:
-                                self.frames.get_nowait()
-                                self.dropped += 1
-                            except queue.Empty:
-                                pass
-                elif not self._put(item):
-                    return
+            self._put(_Done())
+        except OSError as e:
+            if not (self.live and self.decoded > 0):
+                self._put(_Done(e))
+                return
+            # a network stream or camera that stops reaches FFmpeg as an I/O error (an HTTP stream's end does too):
+            # the end of what it sent, not a reason to fail the frames already segmented. The frames still inside
+            # the decoder (its threads hold a few) come out first.
+            self.ended = str(e)
+            try:
+                for frame in self.stream.codec_context.decode(None):
+                    if not self._take(frame):
+                        break
+            except Exception:  # what the decoder still held is lost with the stream
+                pass
             self._put(_Done())
         except BaseException as e:  # handed to the consumer, which raises it
             self._put(_Done(e))
@@ -375,7 +400,8 @@ def predict_video(
     falling behind, and the report says how many. ``name`` replaces ``<stem>`` (:func:`video_names` gives each of
     several sources its own). ``max_frames`` stops early (a webcam or stream otherwise runs until it ends).
     ``preset`` is x264's speed preset. A file FFmpeg cannot read, or a frame it cannot decode, is a
-    :class:`DataError` naming the file.
+    :class:`DataError` naming the file. A live source whose connection ends in an I/O error after its first frame
+    (a stream or camera that stops) ends the run normally, with FFmpeg's message in the report's ``ended``.
     """
     av = require("av", "video", "video input and output")
     source = os.fspath(source)
@@ -446,4 +472,6 @@ def predict_video(
     if count == 0:
         raise DataError(f"{source}: no frame could be decoded")
     seconds = time.perf_counter() - start
-    return VideoReport(source, overlay_path, count, (height, width), Fraction(rate), seconds, label_dir, reader.dropped)
+    return VideoReport(
+        source, overlay_path, count, (height, width), Fraction(rate), seconds, label_dir, reader.dropped, reader.ended
+    )
