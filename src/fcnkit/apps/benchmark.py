@@ -99,8 +99,8 @@ class BenchResult:
 
     ``size`` is ``(H, W)``; with ``dynamic`` the passes alternated between ``(H, W)`` and ``(W, H)``.
     Latencies are per forward of the whole batch, in milliseconds; with ``runs`` batches at once, each forward's
-    own time under that load, and ``images_per_s`` the images over the wall-clock time. ``gflops`` is per forward (whole batch),
-    ``None`` when it could not be counted; ``peak_memory_mb`` is in MiB (2**20 bytes).
+    own time under that load, and ``images_per_s`` the images over the wall-clock time. ``gflops`` is per forward
+    (whole batch), ``None`` when it could not be counted; ``peak_memory_mb`` is in MiB (2**20 bytes).
     """
 
     name: str

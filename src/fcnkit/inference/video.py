@@ -396,8 +396,9 @@ def predict_video(
 
     Three stages overlap: decoding (a thread, FFmpeg's own threads inside), the model (batches of
     ``predictor.batch_size``, several at once where :meth:`~fcnkit.inference.Predictor.concurrent` says so), and
-    blending plus encoding (a thread); bounded queues between them keep memory flat. ``live`` (default: a device or stream URL) drops the frames the model cannot keep up with instead of
-    falling behind, and the report says how many. ``name`` replaces ``<stem>`` (:func:`video_names` gives each of
+    blending plus encoding (a thread); bounded queues between them keep memory flat. ``live`` (default: a device
+    or stream URL) drops the frames the model cannot keep up with instead of falling behind, and the report says
+    how many. ``name`` replaces ``<stem>`` (:func:`video_names` gives each of
     several sources its own). ``max_frames`` stops early (a webcam or stream otherwise runs until it ends).
     ``preset`` is x264's speed preset. A file FFmpeg cannot read, or a frame it cannot decode, is a
     :class:`DataError` naming the file. A live source whose connection ends in an I/O error after its first frame
