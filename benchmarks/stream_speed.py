@@ -84,22 +84,10 @@ def model_only(runner: Predictor, runs: int, inputs: list[torch.Tensor]) -> floa
     start = time.perf_counter()
     with torch.inference_mode(), InOrder(runs) as pool:
         for x in inputs:
-            pool.submit(None, lambda x=x: _labels(runner, x))
+            pool.submit(None, lambda x=x: runner.model_labels(x))
         for _ in pool.drain():
             pass
     return sum(x.shape[0] for x in inputs) / (time.perf_counter() - start)
-
-
-def _labels(predictor: Predictor, x: torch.Tensor) -> torch.Tensor:
-    """:meth:`Predictor.predict_labels` after the preprocessing: the arg-max inside the runtime's graph for one
-    plain pass when it has one, else the logits' arg-max."""
-    from fcnkit.inference.tta import infer_logits, is_plain
-
-    inside = getattr(predictor.model, "labels", None) if is_plain(predictor.inference) else None
-    labels = inside(x) if callable(inside) else None
-    if labels is None:
-        labels = class_indices(infer_logits(predictor.model, x, predictor.inference, predictor.num_classes))
-    return labels
 
 
 def video_stages(av, predictor: Predictor, clip: Path, alpha: float, preset: str) -> dict[str, list[float]]:

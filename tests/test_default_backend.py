@@ -71,7 +71,16 @@ def test_concurrent_runs_on_onnx_runtime_give_the_same_files(tmp_path, monkeypat
         frames.mkdir()
         for i in range(7):
             Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(frames / f"f{i}.png")
-        predictor = fcnkit.Predictor(ckpt)
+        predictor = fcnkit.Predictor(ckpt, batch_size=2)
+        # one batch of images is not a stream: it runs alone on all cores, and no second session is opened for it
+        opened = []
+        copy = type(predictor.model).with_threads
+        monkeypatch.setattr(type(predictor.model), "with_threads", lambda m, n: opened.append(n) or copy(m, n))
+        paths = sorted(frames.iterdir())
+        predict_files(predictor, paths[:2], tmp_path / "one_batch", show_progress=False)
+        assert predictor.concurrent(2) == (predictor, 1) and opened == []
+        assert predictor.concurrent(3)[1] == 2 and predictor.concurrent(None)[1] == 2 and opened == [1]
+        predictor.batch_size = 1
         runner, runs = predictor.concurrent()
         assert runs == 2 and runner is not predictor and runner.model is not predictor.model
         assert runner.model.model.session.get_session_options().intra_op_num_threads == 1
@@ -79,11 +88,10 @@ def test_concurrent_runs_on_onnx_runtime_give_the_same_files(tmp_path, monkeypat
         rgb = torch.from_numpy(rng.integers(0, 256, (3, 3, 40, 52), dtype=np.uint8))
         assert torch.equal(runner.predict_labels(rgb), predictor.predict_labels(rgb))
 
-        paths = sorted(frames.iterdir())
         predict_files(predictor, paths, tmp_path / "concurrent", show_progress=False)
         clip = _clip(paths, tmp_path / "clip.mp4")
         predict_video(predictor, clip, tmp_path / "concurrent", labels=True, show_progress=False)
-        monkeypatch.setattr(fcnkit.Predictor, "concurrent", lambda self: (self, 1))
+        monkeypatch.setattr(fcnkit.Predictor, "concurrent", lambda self, images=None: (self, 1))
         predict_files(predictor, paths, tmp_path / "one", show_progress=False)
         predict_video(predictor, clip, tmp_path / "one", labels=True, show_progress=False)
         names = [n for p in paths for n in (p.name, f"{p.stem}_overlay.jpg")]

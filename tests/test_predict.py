@@ -179,22 +179,3 @@ def test_in_order_hands_results_back_in_order_with_a_bound_on_work_in_flight():
         assert running[0] == 1
         list(pool.drain())  # the first job's error, while the second still runs
     assert running[0] == 0  # leaving waited for the job still running
-
-
-def test_one_batch_of_files_runs_alone_on_all_cores(tmp_path, monkeypatch):
-    """A single batch is not worth a second, one-thread session: predict_files asks for concurrent runs only when
-    there is more than one batch."""
-    from fcnkit.inference import predict_files
-
-    _, ckpt = _checkpoint(tmp_path)
-    predictor = Predictor(ckpt, batch_size=2)
-    paths = []
-    for i in range(3):
-        paths.append(tmp_path / f"im{i}.png")
-        Image.fromarray(np.full((20, 24, 3), 40 * i, np.uint8)).save(paths[-1])
-    asked = []
-    monkeypatch.setattr(Predictor, "concurrent", lambda self: asked.append(1) or (self, 1))
-    assert len(predict_files(predictor, paths[:2], tmp_path / "a", show_progress=False).written) == 2
-    assert asked == []
-    assert len(predict_files(predictor, paths, tmp_path / "b", show_progress=False).written) == 3
-    assert asked == [1]

@@ -46,7 +46,7 @@ class Preprocessing:
             raise ValueError(f"expected RGB pixels shaped (B, 3, H, W) or (3, H, W), got {tuple(rgb.shape)}")
         # a new float32 tensor (never the caller's), then the same three operations in place: the same values as
         # (x * scale - mean) / std, without three more frame-sized temporaries (10x faster on a CPU batch)
-        x = rgb.to(torch.float32, copy=True) if rgb.dtype == torch.float32 else rgb.float()
+        x = rgb.to(torch.float32, copy=True)
         if self.channel_order == "BGR":
             x = x.flip(-3)
         shape = (3, 1, 1)

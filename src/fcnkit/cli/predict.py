@@ -36,11 +36,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         optimize=not args.no_optimize,
         backend=args.backend,
     )
-    # one image goes fastest on all cores; a stream of them, several at once (see predict_files)
-    runs = predictor.concurrent()[1] if videos or len(paths) > 1 else 1
+    # one image goes fastest on all cores; a stream of them, several at once (Predictor.concurrent, as
+    # predict_files and predict_video ask for it)
+    runs = predictor.concurrent(None if videos else len(paths))[1]
     if args.batch_size is None:
-        # several one-image runs at once are the fastest on ONNX Runtime (Predictor.concurrent); a single run
-        # goes faster with a few images a batch
+        # several one-image runs at once are the fastest on ONNX Runtime; a single run goes faster with a few
+        # images a batch
         predictor.batch_size = 1 if runs > 1 else 4
     at_once = f"; {runs} batches of {predictor.batch_size} at once" if runs > 1 else ""
     print(f"backend: {describe_backend(predictor.model)}{at_once}", file=sys.stderr)

@@ -182,8 +182,7 @@ def predict_files(
         min_interval=10.0,
         enabled=show_progress,
     )
-    # several batches at once (Predictor.concurrent) where there are several; a single batch goes fastest alone
-    runner, runs = predictor.concurrent() if len(paths) > predictor.batch_size else (predictor, 1)
+    runner, runs = predictor.concurrent(len(paths))  # several batches at once where there are several
     in_flight = (runs + 1) * predictor.batch_size + 2  # images decoded ahead, and written behind, at most
     with (
         progress,

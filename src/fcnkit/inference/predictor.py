@@ -119,16 +119,23 @@ class Predictor:
             return infer_labels(self.model, rgb, self.inference, self.num_classes, stop)
         if stop is not None:
             stop()
-        x = self.model.preprocessing(rgb)
+        return self.model_labels(self.model.preprocessing(rgb))
+
+    @torch.inference_mode()
+    def model_labels(self, x: Tensor) -> Tensor:
+        """:meth:`predict_labels` of images already preprocessed, ``x`` ``(B, 3, H, W)``, its passes run whole (no
+        band by band): the model's own arg-max for one plain pass on a runtime that computes it in its graph (one
+        byte a pixel out), else the arg-max of the passes' logits."""
         inside = getattr(self.model, "labels", None) if is_plain(self.inference) else None
-        labels = inside(x) if callable(inside) else None  # the arg-max in the runtime's graph: one byte a pixel out
+        labels = inside(x) if callable(inside) else None
         if labels is None:
             labels = class_indices(self._logits(x))
         return labels.to(torch.uint8 if self.num_classes <= 256 else torch.int32)
 
-    def concurrent(self) -> tuple[Predictor, int]:
+    def concurrent(self, images: int | None = None) -> tuple[Predictor, int]:
         """For streams of images: a predictor whose :meth:`predict_labels` and :meth:`predict_tensor` may be called
-        from ``runs`` threads at once, and ``runs``.
+        from ``runs`` threads at once, and ``runs``. ``images``: how many the stream holds, when known (``None``
+        for a video or camera); no more than one batch of them is not a stream (this predictor and 1).
 
         With ONNX Runtime on the CPU that is the same model in a session whose operators run on ``cores // runs``
         threads, ``runs = min(cores, MAX_RUNS)`` (``cores``: ``torch.get_num_threads()``, the physical cores unless
@@ -142,7 +149,8 @@ class Predictor:
         cores = torch.get_num_threads()
         runs = min(cores, MAX_RUNS)
         with_threads = getattr(self.model, "with_threads", None)
-        if runs < 2 or self.device.type != "cpu" or not callable(with_threads):
+        one_batch = images is not None and images <= self.batch_size
+        if runs < 2 or one_batch or self.device.type != "cpu" or not callable(with_threads):
             return self, 1
         opened = getattr(self, "_threaded", None)  # (model, its copy): opened once, reused by every stream
         if opened is None or opened[0] is not self.model:

@@ -398,8 +398,8 @@ def predict_video(
     ``predictor.batch_size``, several at once where :meth:`~fcnkit.inference.Predictor.concurrent` says so), and
     blending plus encoding (a thread); bounded queues between them keep memory flat. ``live`` (default: a device
     or stream URL) drops the frames the model cannot keep up with instead of falling behind, and the report says
-    how many. ``name`` replaces ``<stem>`` (:func:`video_names` gives each of
-    several sources its own). ``max_frames`` stops early (a webcam or stream otherwise runs until it ends).
+    how many. ``name`` replaces ``<stem>`` (:func:`video_names` gives each of several sources its own).
+    ``max_frames`` stops early (a webcam or stream otherwise runs until it ends).
     ``preset`` is x264's speed preset. A file FFmpeg cannot read, or a frame it cannot decode, is a
     :class:`DataError` naming the file. A live source whose connection ends in an I/O error after its first frame
     (a stream or camera that stops) ends the run normally, with FFmpeg's message in the report's ``ended``.
